@@ -1,0 +1,60 @@
+"""Atomic writes to this machine's file system (used by LocalHost and by downloads to here)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+
+__all__ = ["temp_name_for", "write_atomic"]
+
+
+def temp_name_for(target: str) -> str:
+    """An unpredictable temporary name in the target's own folder (so rename is atomic)."""
+    folder, name = os.path.split(target)
+    return os.path.join(folder, f".{name}.optio-{secrets.token_hex(8)}.tmp")
+
+
+async def write_atomic(
+    target: str,
+    chunks: AsyncIterator[bytes],
+    *,
+    mode: int | None = None,
+    before_commit: Callable[[], None] | None = None,
+) -> None:
+    """Write ``chunks`` to a temporary file beside ``target``, then rename it into place.
+
+    ``before_commit`` may raise to abandon the write (for example on a
+    checksum mismatch). On any failure or cancellation the temporary file is
+    removed and ``target`` is left as it was.
+    """
+    folder = os.path.dirname(target)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    if os.path.isdir(target):
+        raise IsADirectoryError(f"cannot write {target}: it is a directory")
+    temp = temp_name_for(target)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    committed = False
+    try:
+        async for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        if before_commit is not None:
+            before_commit()
+        if mode is not None:
+            os.fchmod(fd, mode)
+        os.close(fd)
+        fd = -1
+        os.rename(temp, target)
+        committed = True
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if not committed:
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:
+                pass

@@ -1,0 +1,262 @@
+"""Chunked byte streams: bridges between blocking code in a thread and asyncio.
+
+Blocking work (tar, gzip, local file I/O) runs in a dedicated thread; these
+bridges move its bytes to and from async iterators with a small bounded
+buffer, so memory stays flat whatever the data size, and the thread stops
+promptly when the async side goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+__all__ = [
+    "CHUNK_SIZE",
+    "BlockingReader",
+    "ProgressCallback",
+    "StreamClosed",
+    "Sha256Tap",
+    "iter_from_thread",
+    "iter_local_file",
+    "run_in_thread",
+]
+
+#: Transfer chunk size: large enough for throughput, small enough to keep memory flat.
+CHUNK_SIZE = 256 * 1024
+
+ProgressCallback = Callable[[float | None, str | None], Any]
+
+T = TypeVar("T")
+
+
+class StreamClosed(Exception):
+    """Raised inside a producer thread when its consumer has gone away."""
+
+
+async def run_in_thread(func: Callable[[], T], *, on_cancel: Callable[[], None]) -> T:
+    """Run ``func`` in a new thread; on cancellation call ``on_cancel`` and wait for it to end.
+
+    Waiting for the thread even when cancelled guarantees nothing keeps
+    writing after this coroutine has returned (cancel-safe cleanup).
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def body() -> None:
+        try:
+            result = func()
+        except BaseException as exc:
+            try:
+                loop.call_soon_threadsafe(settle, None, exc)
+            except RuntimeError:
+                pass  # the loop is gone; nobody is waiting
+        else:
+            try:
+                loop.call_soon_threadsafe(settle, result, None)
+            except RuntimeError:
+                pass
+
+    threading.Thread(target=body, name="optio-host-io", daemon=True).start()
+    try:
+        return await asyncio.shield(done)
+    except asyncio.CancelledError:
+        on_cancel()
+        try:
+            await asyncio.shield(done)
+        except BaseException:
+            pass
+        raise
+
+
+async def iter_from_thread(
+    produce: Callable[[Callable[[bytes], None]], None],
+    *,
+    max_pending: int = 8,
+) -> AsyncIterator[bytes]:
+    """Yield what ``produce(emit)`` emits from a worker thread, with back-pressure.
+
+    At most ``max_pending`` chunks wait between the thread and the consumer.
+    When the consumer stops early, ``emit`` raises ``StreamClosed`` in the thread.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    slots = threading.Semaphore(max_pending)
+    stopped = threading.Event()
+
+    def post(kind: str, value: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+        except RuntimeError as exc:  # loop closed under us
+            raise StreamClosed from exc
+
+    def emit(data: bytes) -> None:
+        if not data:
+            return
+        slots.acquire()
+        if stopped.is_set():
+            raise StreamClosed
+        post("data", bytes(data))
+
+    def body() -> None:
+        try:
+            produce(emit)
+        except StreamClosed:
+            return  # the consumer went away; nobody reads further
+        except BaseException as exc:
+            try:
+                post("error", exc)
+            except StreamClosed:
+                pass
+            return
+        try:
+            post("end", None)
+        except StreamClosed:
+            pass
+
+    thread = threading.Thread(target=body, name="optio-host-producer", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == "data":
+                slots.release()
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stopped.set()
+        slots.release()
+
+
+class BlockingReader(io.RawIOBase):
+    """A blocking, file-like view of an async byte iterator, for use in a worker thread."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._loop = loop
+        self._pending: memoryview = memoryview(b"")
+        self._eof = False
+        self._closed_by_owner = threading.Event()
+        self._current: Any = None
+        self._lock = threading.Lock()
+
+    def readable(self) -> bool:
+        return True
+
+    def abort(self) -> None:
+        """Make the reading thread fail at its next (or current) read."""
+        with self._lock:
+            self._closed_by_owner.set()
+            if self._current is not None:
+                self._current.cancel()
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        while not self._pending:
+            if self._eof:
+                return 0
+            with self._lock:
+                if self._closed_by_owner.is_set():
+                    raise StreamClosed
+                fut = asyncio.run_coroutine_threadsafe(_next_chunk(self._chunks), self._loop)
+                self._current = fut
+            try:
+                chunk = fut.result()
+            except BaseException as exc:
+                if self._closed_by_owner.is_set():
+                    raise StreamClosed from exc
+                raise
+            finally:
+                with self._lock:
+                    self._current = None
+            if chunk is None:
+                self._eof = True
+                return 0
+            if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                raise TypeError(f"a byte stream yielded {type(chunk).__name__}, expected bytes")
+            self._pending = memoryview(chunk).cast("B")
+        count = min(len(view), len(self._pending))
+        view[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+
+async def _next_chunk(chunks: AsyncIterator[bytes]) -> bytes | None:
+    try:
+        return await anext(chunks)
+    except StopAsyncIteration:
+        return None
+
+
+async def iter_local_file(path: str | os.PathLike[str]) -> AsyncIterator[bytes]:
+    """Read a local file in ``CHUNK_SIZE`` chunks without blocking the event loop."""
+    handle = await asyncio.to_thread(open, path, "rb")
+    try:
+        while True:
+            chunk = await asyncio.to_thread(handle.read, CHUNK_SIZE)
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        handle.close()
+
+
+class Sha256Tap:
+    """Pass chunks through while hashing them and counting bytes, reporting progress."""
+
+    def __init__(
+        self,
+        total: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        self._hash = hashlib.sha256()
+        self.count = 0
+        self._total = total
+        self._progress = progress
+        self._last_percent = -1.0
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    async def tap(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self.update(chunk)
+            yield chunk
+
+    def update(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self.count += len(chunk)
+        self._report()
+
+    def _report(self) -> None:
+        if self._progress is None or not self._total:
+            return
+        percent = min(100.0, 100.0 * self.count / self._total)
+        # About one call per percent: enough for a bar, cheap for multi-GiB files.
+        if percent - self._last_percent >= 1.0 or (percent >= 100.0 > self._last_percent):
+            self._last_percent = percent
+            self._progress(round(percent, 1), None)
+
+
+async def maybe_await(value: Awaitable[T] | T) -> T:
+    """Await ``value`` if it is awaitable (for callbacks that may be sync or async)."""
+    if isinstance(value, Awaitable):
+        return await value
+    return value

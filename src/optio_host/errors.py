@@ -1,0 +1,149 @@
+"""Every exception optio-host raises, defined once.
+
+The tree, with the builtin each one extends so callers can catch what they
+already know::
+
+    Exception
+    ├── HostCommandError            a command exited non-zero (``check=True``)
+    │   └── CommandTimeout          ...and TimeoutError: killed after ``timeout``
+    ├── SessionFailed               a log-protocol session ended in failure
+    └── DownloadFailed              the download task could not deliver the file
+    ConnectionError
+    └── HostConnectionError         the host cannot be reached or the link dropped
+        ├── HostKeyError            the host's key was refused
+        └── AuthenticationFailed    the host refused our credentials
+    RuntimeError
+    └── HostNotConnected            a host method was used before ``connect()``
+
+Missing files are ``FileNotFoundError`` and checksum mismatches ``ValueError``
+on every host.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+
+__all__ = [
+    "AuthenticationFailed",
+    "CommandTimeout",
+    "DownloadFailed",
+    "HostCommandError",
+    "HostConnectionError",
+    "HostKeyError",
+    "HostNotConnected",
+    "SessionFailed",
+    "format_command",
+]
+
+_STDERR_PREVIEW = 500
+
+
+def format_command(command: str | Sequence[str]) -> str:
+    """Render a command for messages: strings as given, argv shell-quoted."""
+    if isinstance(command, str):
+        return command
+    return shlex.join(command)
+
+
+class HostCommandError(Exception):
+    """A command on the host exited with a non-zero status."""
+
+    def __init__(
+        self,
+        command: str | Sequence[str],
+        exit_code: int,
+        stdout: str,
+        stderr: str,
+    ) -> None:
+        self.command = command
+        self.exit_code = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+        super().__init__(command, exit_code, stdout, stderr)
+
+    def __str__(self) -> str:
+        text = f"command exited with code {self.exit_code}: {format_command(self.command)}"
+        err = self.stderr.strip()
+        if err:
+            if len(err) > _STDERR_PREVIEW:
+                err = err[:_STDERR_PREVIEW] + "..."
+            text += f"\nstderr: {err}"
+        return text
+
+
+class CommandTimeout(HostCommandError, TimeoutError):
+    """A command ran past its ``timeout``; its whole process tree was killed.
+
+    ``stdout``/``stderr`` hold the output produced before the kill and
+    ``exit_code`` is the status the killed process reported.
+    """
+
+    def __init__(
+        self,
+        command: str | Sequence[str],
+        timeout: float,
+        stdout: str,
+        stderr: str,
+        exit_code: int = -9,
+    ) -> None:
+        self.timeout = timeout
+        super().__init__(command, exit_code, stdout, stderr)
+
+    def __str__(self) -> str:
+        text = f"command timed out after {self.timeout:g}s and was killed: "
+        text += format_command(self.command)
+        err = self.stderr.strip()
+        if err:
+            text += f"\nstderr so far: {err[:_STDERR_PREVIEW]}"
+        return text
+
+
+class SessionFailed(Exception):
+    """A log-protocol session ended without success (ERROR line, early exit, lost tail)."""
+
+
+class DownloadFailed(Exception):
+    """The download task could not put the file at its target."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        target: str,
+        exit_code: int | None,
+        stderr_tail: str,
+    ) -> None:
+        self.url = url
+        self.target = target
+        self.exit_code = exit_code
+        self.stderr_tail = stderr_tail
+        super().__init__(url, target, exit_code, stderr_tail)
+
+    def __str__(self) -> str:
+        text = f"download of {self.url} to {self.target} failed (exit code {self.exit_code})"
+        if self.stderr_tail.strip():
+            text += f": {self.stderr_tail.strip()}"
+        return text
+
+
+class HostConnectionError(ConnectionError):
+    """The host could not be reached, or the connection to it was lost."""
+
+
+class HostKeyError(HostConnectionError):
+    """The host presented a key we do not trust (unknown, or changed)."""
+
+    def __init__(self, message: str, *, host: str, port: int, fingerprint: str | None) -> None:
+        self.host = host
+        self.port = port
+        self.fingerprint = fingerprint
+        super().__init__(message)
+
+
+class AuthenticationFailed(HostConnectionError):
+    """The host refused every credential we offered."""
+
+
+class HostNotConnected(RuntimeError):
+    """A host method that needs a connection was called before ``connect()``."""

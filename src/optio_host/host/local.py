@@ -1,0 +1,324 @@
+"""``LocalHost``: the host is this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import stat
+import tempfile
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from optio_host._localfs import write_atomic
+from optio_host._streams import CHUNK_SIZE
+from optio_host.archive import consume_workdir_archive, yield_workdir_archive
+from optio_host.host._watch import POLL_INTERVAL, FileWatch, watch_file
+from optio_host.host.base import BaseHost, Command
+from optio_host.process import ProcessHandle
+from optio_host.quoting import validate_argv, validate_env
+
+__all__ = ["LocalHost"]
+
+#: Grace period between SIGTERM and SIGKILL for a non-aggressive terminate.
+TERMINATE_GRACE = 5.0
+#: How long an aggressive terminate waits for the killed process to be reaped.
+KILL_REAP_WAIT = 2.0
+#: With inotify, re-check this often anyway (guards against a missed event).
+_SAFETY_RECHECK = 0.5
+
+
+@dataclass(eq=False)
+class _Tail:
+    stopped: bool = False
+    watch: FileWatch | None = field(default=None)
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.watch is not None:
+            self.watch._wake()
+
+
+async def _read_chunks(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    while True:
+        chunk = await reader.read(CHUNK_SIZE)
+        if not chunk:
+            return
+        yield chunk
+
+
+class LocalHost(BaseHost):
+    """Runs everything on this machine; ``taskdir`` is a local folder.
+
+    Without a ``taskdir`` a private one is created at ``connect()`` and removed
+    at ``disconnect()``. With one, ``connect()`` is optional.
+    """
+
+    def __init__(self, taskdir: str | os.PathLike[str] | None = None) -> None:
+        if taskdir is not None:
+            taskdir = os.path.abspath(os.fspath(taskdir))
+        super().__init__(taskdir)
+        self._tails: set[_Tail] = set()
+
+    def __repr__(self) -> str:
+        return f"LocalHost(taskdir={self._taskdir!r})"
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def _open(self) -> None:
+        pass  # nothing to connect to
+
+    async def _close(self) -> None:
+        for tail in list(self._tails):
+            tail.stop()
+
+    def _is_open(self) -> bool:
+        return True
+
+    async def _make_private_taskdir(self) -> str:
+        return await asyncio.to_thread(tempfile.mkdtemp, prefix="optio-host-")
+
+    async def setup_workdir(self) -> None:
+        """Create taskdir and workdir (mode 0700) if missing; never deletes anything."""
+        os.makedirs(self.taskdir, mode=0o700, exist_ok=True)
+        os.makedirs(self.workdir, mode=0o700, exist_ok=True)
+
+    async def cleanup_taskdir(self, aggressive: bool = False) -> None:
+        """Remove the whole taskdir (``aggressive``: also read-only parts, ignoring errors)."""
+        taskdir = self.taskdir
+        if aggressive:
+            await asyncio.to_thread(_rmtree_forcibly, taskdir)
+        else:
+            try:
+                await asyncio.to_thread(shutil.rmtree, taskdir)
+            except FileNotFoundError:
+                pass
+
+    async def establish_tunnel(self, remote_port: int, *, bind_addr: str = "127.0.0.1") -> int:
+        """On this machine the port is already reachable: returns ``remote_port``."""
+        if not isinstance(remote_port, int) or not 0 < remote_port < 65536:
+            raise ValueError(f"remote_port must be 1-65535, got {remote_port!r}")
+        return remote_port
+
+    async def resolve_host_home(self) -> str:
+        if self._home is None:
+            self._home = os.path.expanduser("~")
+        return self._home
+
+    # ---------------------------------------------------------------- processes
+
+    async def launch_subprocess(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        merge_stderr: bool = True,
+        stdin: bool = False,
+    ) -> ProcessHandle:
+        extra_env = validate_env(env)
+        argv = ["/bin/sh", "-c", command] if isinstance(command, str) else validate_argv(command)
+        directory = self._resolve(cwd, what="cwd") if cwd is not None else self.workdir
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"working directory does not exist: {directory}")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=directory,
+                env={**os.environ, **extra_env} if extra_env else None,
+                stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
+                start_new_session=True,  # own process group: terminate ends the whole tree
+            )
+        except FileNotFoundError:
+            raise FileNotFoundError(f"program not found: {argv[0]}") from None
+        except PermissionError:
+            raise PermissionError(f"program is not executable: {argv[0]}") from None
+        if process.stdout is None:  # pragma: no cover - stdout=PIPE guarantees it
+            raise RuntimeError("subprocess started without a stdout pipe")
+        return ProcessHandle(
+            pid_like=process,
+            stdout=_read_chunks(process.stdout),
+            stderr=None if merge_stderr or process.stderr is None else _read_chunks(process.stderr),
+            stdin=process.stdin if stdin else None,
+        )
+
+    async def terminate_subprocess(self, handle: ProcessHandle, *, aggressive: bool = False) -> None:
+        process = handle.pid_like
+        if process.returncode is not None:
+            return
+        group = process.pid  # a session leader: its pid is its process group id
+        if not aggressive:
+            _signal_group(group, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), TERMINATE_GRACE)
+            except TimeoutError:
+                pass
+        # SIGKILL the group even after a graceful exit: children that ignored SIGTERM remain.
+        _signal_group(group, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), KILL_REAP_WAIT)
+
+    # ---------------------------------------------------------------- files
+
+    async def remove_file(self, path: str) -> None:
+        """Delete a file; a missing file is not an error."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._resolve(path))
+
+    async def _write_file_atomic(
+        self,
+        target: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        mode: int | None,
+        before_commit: Callable[[], None],
+    ) -> None:
+        await write_atomic(target, chunks, mode=mode, before_commit=before_commit)
+
+    async def _read_file(self, path: str) -> tuple[int, AsyncIterator[bytes]]:
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the generator below
+        size = os.fstat(handle.fileno()).st_size
+        if stat.S_ISDIR(os.fstat(handle.fileno()).st_mode):
+            handle.close()
+            raise IsADirectoryError(f"{path} is a directory")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            with handle:
+                while True:
+                    chunk = await asyncio.to_thread(handle.read, CHUNK_SIZE)
+                    if not chunk:
+                        return
+                    yield chunk
+
+        return size, chunks()
+
+    async def _file_sha256(self, path: str) -> str | None:
+        def digest() -> str | None:
+            try:
+                with open(path, "rb") as handle:
+                    return hashlib.file_digest(handle, "sha256").hexdigest()
+            except (FileNotFoundError, IsADirectoryError):
+                return None
+
+        return await asyncio.to_thread(digest)
+
+    async def _list_dir(self, path: str) -> list[tuple[str, bool]] | None:
+        try:
+            with os.scandir(path) as entries:
+                return [(entry.name, entry.is_dir()) for entry in entries]
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return None
+
+    async def _exists(self, path: str) -> bool:
+        return os.path.lexists(path)
+
+    async def realpath(self, path: str) -> str:
+        """The path with every symlink resolved; ``FileNotFoundError`` if it does not exist."""
+        return os.path.realpath(self._resolve(path), strict=True)
+
+    async def file_size(self, path: str) -> int | None:
+        """Size in bytes, or ``None`` if there is no such file."""
+        try:
+            return os.stat(self._resolve(path)).st_size
+        except FileNotFoundError:
+            return None
+
+    def archive_workdir(self, exclude: Sequence[str] | None = None) -> AsyncIterator[bytes]:
+        """A gzip'd tar stream of the workdir's contents (see ``optio_host.archive``)."""
+        return yield_workdir_archive(self.workdir, exclude)
+
+    async def restore_workdir(self, stream: AsyncIterator[bytes]) -> None:
+        """Replace the workdir's contents with an archive from ``archive_workdir``."""
+        await consume_workdir_archive(stream, self.workdir)
+
+    # ---------------------------------------------------------------- tailing
+
+    async def tail_bytes(self, absolute_path: str, *, offset: int = 0) -> AsyncIterator[bytes]:
+        path = self._resolve(absolute_path)
+        if offset < 0:
+            raise ValueError(f"offset must not be negative, got {offset}")
+        tail = _Tail()
+        self._tails.add(tail)
+        fd = -1
+        identity: tuple[int, int] | None = None
+        position = offset
+        try:
+            while not tail.stopped:
+                if tail.watch is None or (tail.watch.awaiting_folder and _folder_exists(path)):
+                    if tail.watch is not None:
+                        tail.watch.close()
+                    tail.watch = watch_file(path)
+                if fd < 0:
+                    try:
+                        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    except FileNotFoundError:
+                        await self._wait(tail)
+                        continue
+                    info = os.fstat(fd)
+                    identity = (info.st_dev, info.st_ino)
+                    if info.st_size < position:
+                        position = 0  # shorter than where we were: it was rewritten
+                data = os.pread(fd, CHUNK_SIZE, position)
+                if data:
+                    position += len(data)
+                    yield data
+                    continue
+                if os.fstat(fd).st_size < position:
+                    position = 0  # truncated: start over, like tail -F
+                    continue
+                if _identity(path) not in (identity, None):
+                    os.close(fd)  # replaced by a new file: follow the name
+                    fd = -1
+                    position = 0
+                    continue
+                await self._wait(tail)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            if tail.watch is not None:
+                tail.watch.close()
+            self._tails.discard(tail)
+
+    @staticmethod
+    async def _wait(tail: _Tail) -> None:
+        if tail.watch is None:
+            await asyncio.sleep(POLL_INTERVAL)
+        else:
+            await tail.watch.wait(_SAFETY_RECHECK if tail.watch.precise else POLL_INTERVAL)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _folder_exists(path: str) -> bool:
+    return os.path.isdir(os.path.dirname(path))
+
+
+def _signal_group(group: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, sig)
+
+
+def _rmtree_forcibly(path: str) -> None:
+    """``rm -rf``: make read-only folders writable where needed, ignore what still fails."""
+    if not os.path.lexists(path):
+        return
+    for root, dirs, _files in os.walk(path):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                full = os.path.join(root, name)
+                if not os.path.islink(full):
+                    os.chmod(full, 0o700)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+    shutil.rmtree(path, ignore_errors=True)

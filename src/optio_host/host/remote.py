@@ -1,0 +1,637 @@
+"""``RemoteHost``: the host is reached over SSH (asyncssh), through one pool of connections.
+
+Every remote command goes through one wrapper script, passed its arguments
+as quoted words (nothing is ever spliced into it). The wrapper reads the
+environment from stdin (so secret values never appear on a command line),
+changes to the working directory, reports its process id, which is also its
+process group id because sshd starts each session in a new session, and then
+execs the command. Ending a process tree is then ``kill -- -PGID``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import posixpath
+import secrets
+import stat
+import weakref
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncssh
+
+from optio_host._streams import CHUNK_SIZE
+from optio_host.archive import find_prune_expression, resolve_excludes, sanitize_archive
+from optio_host.errors import HostConnectionError, HostNotConnected
+from optio_host.host._ssh import Link, SessionPool, describe, translate_errors
+from optio_host.host.base import BaseHost, Command
+from optio_host.process import ProcessHandle
+from optio_host.quoting import env_assignments_line, join, validate_argv, validate_env
+from optio_host.types import SSHConfig
+
+__all__ = ["RemoteHost"]
+
+TERMINATE_GRACE = 5.0
+KILL_REAP_WAIT = 2.0
+
+# $1 env-on-stdin flag, $2 cwd, $3 "sh"|"argv", $4 merge flag, then the command.
+_WRAPPER = r"""_optio_nl='
+'
+if [ "$1" = 1 ]; then IFS= read -r _optio_env || exit 125; eval "$_optio_env"; unset _optio_env; fi
+cd -- "$2" 2>/dev/null || { printf 'OPTIO:ECWD\n'; exit 126; }
+_optio_mode=$3; _optio_merge=$4; shift 4
+if [ "$_optio_mode" = argv ] && ! command -v -- "$1" >/dev/null 2>&1; then
+  printf 'OPTIO:ENOENT\n'; exit 127
+fi
+printf 'OPTIO:%s\n' "$$"
+if [ "$_optio_merge" = 1 ]; then exec 2>&1; fi
+if [ "$_optio_mode" = argv ]; then exec "$@"; fi
+exec /bin/sh -c "$1"
+"""
+
+# Follows $1 from byte $2 (1-based) like tail -F; ends when the channel's stdin closes.
+_TAIL = r"""tail -c "+$2" -F -s 0.1 -- "$1" 2>/dev/null &
+_optio_tail=$!
+cat >/dev/null
+kill "$_optio_tail" 2>/dev/null
+"""
+
+_SHA256 = r"""[ -f "$1" ] || exit 3
+if command -v sha256sum >/dev/null 2>&1; then exec sha256sum -- "$1"; fi
+if command -v shasum >/dev/null 2>&1; then exec shasum -a 256 -- "$1"; fi
+exec openssl dgst -sha256 -r "$1"
+"""
+
+_ARCHIVE = r"""cd -- "$1" || exit 2
+shift
+if [ "$#" -gt 0 ]; then
+  set -- \( "$@" \) -prune -o
+fi
+{ find . -mindepth 1 "$@" -printf '%P\0' | tar --null --no-recursion -T - -cf -
+  echo "optio-tar-exit:$?" >&2; } | gzip -1
+"""
+
+_RESTORE_COMMIT = r"""find "$2" -mindepth 1 -maxdepth 1 -exec rm -rf -- {} + &&
+find "$1" -mindepth 1 -maxdepth 1 -exec mv -- {} "$2"/ \; &&
+rmdir -- "$1"
+"""
+
+
+def _stdin_of(handle: ProcessHandle) -> _RemoteStdin:
+    if not isinstance(handle.stdin, _RemoteStdin):  # pragma: no cover - launched with stdin=True
+        raise RuntimeError("process was started without stdin")
+    return handle.stdin
+
+
+class _RemoteStdin:
+    """stdin of a remote process: ``close()`` sends EOF (the channel stays open for output)."""
+
+    def __init__(self, writer: asyncssh.SSHWriter[bytes]) -> None:
+        self._writer = writer
+        self._eof = False
+
+    def write(self, data: bytes) -> None:
+        self._writer.write(bytes(data))
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    def close(self) -> None:
+        if not self._eof:
+            self._eof = True
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self._writer.write_eof()
+
+    write_eof = close
+
+    def is_closing(self) -> bool:
+        return self._eof
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            await self._writer.drain()
+
+
+@dataclass
+class _RemoteProcessHandle(ProcessHandle):
+    """A ``ProcessHandle`` whose ``wait()`` reports a lost connection as ``HostConnectionError``."""
+
+    async def wait(self) -> int:
+        try:
+            await self.pid_like.wait_closed()
+        except (asyncssh.Error, OSError) as exc:
+            raise HostConnectionError(f"lost the connection while waiting: {exc}") from exc
+        code = self.returncode
+        if code is None:
+            raise HostConnectionError(
+                "the connection closed before the remote process reported an exit status"
+            )
+        return code
+
+
+async def _stream(reader: asyncssh.SSHReader[bytes], first: bytes, config: SSHConfig) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    while True:
+        with translate_errors(config, "reading output"):
+            chunk = await reader.read(CHUNK_SIZE)
+        if not chunk:
+            return
+        yield chunk
+
+
+class RemoteHost(BaseHost):
+    """Runs everything on a host reached over SSH.
+
+    One pool of SSH connections (normally one) carries commands, SFTP and
+    port forwards. Without a ``taskdir`` a private one is made on the host at
+    ``connect()`` and removed at ``disconnect()``.
+    """
+
+    def __init__(self, ssh_config: SSHConfig, taskdir: str | None = None) -> None:
+        if not isinstance(ssh_config, SSHConfig):
+            raise TypeError(f"ssh_config must be an SSHConfig, not {type(ssh_config).__name__}")
+        super().__init__(taskdir)
+        self.ssh_config = ssh_config
+        self._pool: SessionPool | None = None
+        self._groups: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._tails: set[Any] = set()
+        self._listeners: list[asyncssh.SSHListener] = []
+
+    def __repr__(self) -> str:
+        return f"RemoteHost({describe(self.ssh_config)}, taskdir={self._taskdir!r})"
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @property
+    def _connected_pool(self) -> SessionPool:
+        if self._pool is None:
+            raise HostNotConnected(
+                f"RemoteHost({describe(self.ssh_config)}) is not connected: "
+                "call connect() or use it as 'async with host:'"
+            )
+        return self._pool
+
+    async def _open(self) -> None:
+        if self._pool is None:
+            self._pool = SessionPool(self.ssh_config)
+        await self._pool.start()
+
+    def _is_open(self) -> bool:
+        return self._pool is not None and self._pool.has_live_link()
+
+    async def _close(self) -> None:
+        pool, self._pool = self._pool, None
+        for tail in list(self._tails):
+            with contextlib.suppress(Exception):
+                tail.close()
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+        if pool is not None:
+            await pool.close()
+        for task in list(self._watchers):
+            task.cancel()
+
+    async def _make_private_taskdir(self) -> str:
+        result = await self._sh('exec mktemp -d "${TMPDIR:-/tmp}/optio-host-XXXXXXXXXX"')
+        return result.strip()
+
+    async def _sh(self, script: str, *args: str, check: bool = True) -> str:
+        """Run an internal script (arguments as ``$1``...) from ``/``; return its stdout."""
+        result = await self.run(["/bin/sh", "-c", script, "sh", *args], cwd="/", check=check)
+        return result.stdout
+
+    async def setup_workdir(self) -> None:
+        """Create taskdir and workdir (mode 0700) if missing; never deletes anything."""
+        await self._sh('umask 077 && mkdir -p -- "$1"', self.workdir)
+
+    async def cleanup_taskdir(self, aggressive: bool = False) -> None:
+        """Remove the whole taskdir (``aggressive``: also read-only parts, ignoring errors)."""
+        taskdir = self.taskdir
+        if taskdir == "/":
+            raise ValueError("refusing to remove '/' as a taskdir")
+        if aggressive:
+            await self._sh('chmod -R u+rwX -- "$1" 2>/dev/null; rm -rf -- "$1"', taskdir, check=False)
+        else:
+            await self._sh('rm -rf -- "$1"', taskdir)
+
+    async def establish_tunnel(self, remote_port: int, *, bind_addr: str = "127.0.0.1") -> int:
+        """Forward ``bind_addr``:<ephemeral> here to ``127.0.0.1:remote_port`` on the host."""
+        if not isinstance(remote_port, int) or not 0 < remote_port < 65536:
+            raise ValueError(f"remote_port must be 1-65535, got {remote_port!r}")
+        link = self._connected_pool.primary
+        with translate_errors(self.ssh_config, f"forwarding to port {remote_port}"):
+            listener = await link.conn.forward_local_port(bind_addr, 0, "127.0.0.1", remote_port)
+        self._listeners.append(listener)
+        return int(listener.get_port())
+
+    async def resolve_host_home(self) -> str:
+        if self._home is None:
+            self._home = (await self._sh('printf %s "$HOME"')) or "/"
+        return self._home
+
+    # ---------------------------------------------------------------- processes
+
+    async def launch_subprocess(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        merge_stderr: bool = True,
+        stdin: bool = False,
+    ) -> ProcessHandle:
+        return await self._launch(
+            command, env=env, cwd=cwd, merge_stderr=merge_stderr, stdin=stdin, control=False
+        )
+
+    async def _launch(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        merge_stderr: bool,
+        stdin: bool,
+        control: bool,
+    ) -> ProcessHandle:
+        extra_env = validate_env(env)
+        if isinstance(command, str):
+            mode, words = "sh", [command]
+        else:
+            mode, words = "argv", validate_argv(command)
+        directory = self._resolve(cwd, what="cwd") if cwd is not None else self.workdir
+        line = join(
+            [
+                "exec",
+                "/bin/sh",
+                "-c",
+                _WRAPPER,
+                "optio-host",
+                "1" if extra_env else "0",
+                directory,
+                mode,
+                "1" if merge_stderr else "0",
+                *words,
+            ]
+        )
+        pool = self._connected_pool
+        link = await pool.acquire(control=control)
+        try:
+            process = await pool.open_session(link, line, "starting a command")
+        except BaseException:
+            pool.release(link)
+            raise
+        self._watch_until_closed(process, pool, link)
+        try:
+            if extra_env:
+                process.stdin.write(env_assignments_line(extra_env).encode() + b"\n")
+            if not stdin:
+                process.stdin.write_eof()
+            first = await self._read_header(process, directory, words[0])
+        except BaseException:
+            process.close()
+            raise
+        return _RemoteProcessHandle(
+            pid_like=process,
+            stdout=_stream(process.stdout, first, self.ssh_config),
+            stderr=None if merge_stderr else _stream(process.stderr, b"", self.ssh_config),
+            stdin=_RemoteStdin(process.stdin) if stdin else None,
+        )
+
+    def _watch_until_closed(
+        self, process: asyncssh.SSHClientProcess[bytes], pool: SessionPool, link: Link
+    ) -> None:
+        async def release_when_closed() -> None:
+            try:
+                await process.wait_closed()
+            except Exception:
+                pass
+            finally:
+                pool.release(link)
+
+        task = asyncio.get_running_loop().create_task(release_when_closed())
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _read_header(
+        self, process: asyncssh.SSHClientProcess[bytes], directory: str, program: str
+    ) -> bytes:
+        """Read the wrapper's ``OPTIO:`` line; return output that came after it."""
+        buffer = b""
+        while True:
+            start = buffer.find(b"OPTIO:")
+            end = buffer.find(b"\n", start) if start >= 0 else -1
+            if end >= 0:
+                break
+            with translate_errors(self.ssh_config, "starting a command"):
+                chunk = await process.stdout.read(CHUNK_SIZE)
+            if not chunk:
+                detail = (await process.stderr.read(4096)).decode(errors="replace").strip()
+                raise HostConnectionError(
+                    f"the remote shell on {describe(self.ssh_config)} did not start the command"
+                    + (f": {detail}" if detail else "")
+                )
+            buffer += chunk
+        status = buffer[start + 6 : end].decode(errors="replace")
+        if status == "ECWD":
+            raise FileNotFoundError(f"working directory does not exist on the host: {directory}")
+        if status == "ENOENT":
+            raise FileNotFoundError(f"program not found on the host: {program}")
+        self._groups[process] = int(status)
+        return buffer[end + 1 :]
+
+    async def terminate_subprocess(self, handle: ProcessHandle, *, aggressive: bool = False) -> None:
+        process = handle.pid_like
+        if process.returncode is not None or process.is_closing():
+            return
+        group = self._groups.get(process)
+        if group is None:
+            process.close()
+            return
+        if not aggressive:
+            await self._signal_group(group, "TERM")
+            await self._wait_exit(process, TERMINATE_GRACE)
+        # KILL the group even after a graceful exit: children that ignored TERM remain.
+        await self._signal_group(group, "KILL")
+        if not await self._wait_exit(process, KILL_REAP_WAIT):
+            process.close()
+
+    async def _signal_group(self, group: int, signal_name: str) -> None:
+        handle = await self._launch(
+            ["kill", "-s", signal_name, "--", f"-{group}"],
+            env=None,
+            cwd="/",
+            merge_stderr=True,
+            stdin=False,
+            control=True,
+        )
+        async for _ in handle.stdout:
+            pass  # "No such process" when it already ended: fine
+        await handle.wait()
+
+    @staticmethod
+    async def _wait_exit(process: asyncssh.SSHClientProcess[bytes], timeout: float) -> bool:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while process.returncode is None and not process.is_closing():
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    # ---------------------------------------------------------------- files
+
+    async def _sftp(self) -> asyncssh.SFTPClient:
+        return await self._connected_pool.sftp()
+
+    async def remove_file(self, path: str) -> None:
+        """Delete a file; a missing file is not an error."""
+        target = self._resolve(path)
+        sftp = await self._sftp()
+        with contextlib.suppress(FileNotFoundError), translate_errors(self.ssh_config, target):
+            await sftp.remove(target)
+
+    async def _write_file_atomic(
+        self,
+        target: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        mode: int | None,
+        before_commit: Callable[[], None],
+    ) -> None:
+        folder, name = posixpath.split(target)
+        temp = posixpath.join(folder, f".{name}.optio-{secrets.token_hex(8)}.tmp")
+        handle = await self.launch_subprocess(
+            ["/bin/sh", "-c", 'mkdir -p -- "$1" && set -C && exec cat > "$2"', "sh", folder or "/", temp],
+            cwd="/",
+            merge_stderr=True,
+            stdin=True,
+        )
+        committed = False
+        try:
+            output = bytearray()
+
+            async def collect() -> None:
+                async for piece in handle.stdout:
+                    output.extend(piece[: 4096 - len(output)])
+
+            reader = asyncio.ensure_future(collect())
+            try:
+                stdin = _stdin_of(handle)
+                async for chunk in chunks:
+                    stdin.write(chunk)
+                    await stdin.drain()
+                stdin.close()
+                await reader
+            finally:
+                reader.cancel()
+            code = await handle.wait()
+            if code != 0:
+                raise OSError(
+                    f"writing {target} on {describe(self.ssh_config)} failed (exit {code}): "
+                    f"{output.decode(errors='replace').strip()}"
+                )
+            before_commit()
+            sftp = await self._sftp()
+            with translate_errors(self.ssh_config, target):
+                if mode is not None:
+                    await sftp.chmod(temp, mode)
+                await sftp.posix_rename(temp, target)
+            committed = True
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise HostConnectionError(f"lost the connection while writing {target}") from exc
+        finally:
+            if not committed:
+                await asyncio.shield(self._discard(handle, temp))
+
+    async def _discard(self, handle: ProcessHandle, temp: str) -> None:
+        with contextlib.suppress(Exception):
+            if handle.returncode is None:
+                await self.terminate_subprocess(handle, aggressive=True)
+            if self._is_open():
+                sftp = await self._sftp()
+                await sftp.remove(temp)
+
+    async def _stat(self, path: str, *, follow: bool = True) -> asyncssh.SFTPAttrs | None:
+        sftp = await self._sftp()
+        try:
+            with translate_errors(self.ssh_config, path):
+                return await (sftp.stat(path) if follow else sftp.lstat(path))
+        except FileNotFoundError:
+            return None
+
+    async def _read_file(self, path: str) -> tuple[int, AsyncIterator[bytes]]:
+        attrs = await self._stat(path)
+        if attrs is None:
+            raise FileNotFoundError(2, f"no such file on {describe(self.ssh_config)}", path)
+        if attrs.permissions is not None and stat.S_ISDIR(attrs.permissions):
+            raise IsADirectoryError(f"{path} is a directory")
+        handle = await self.launch_subprocess(["cat", "--", path], cwd="/", merge_stderr=False)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in handle.stdout:
+                    yield chunk
+                errors = b"".join([piece async for piece in handle.stderr or _empty()])
+                code = await handle.wait()
+                if code != 0:
+                    raise OSError(f"reading {path} failed: {errors.decode(errors='replace').strip()}")
+            finally:
+                if handle.returncode is None:
+                    await asyncio.shield(self._kill_quietly(handle))
+
+        return int(attrs.size or 0), chunks()
+
+    async def _file_sha256(self, path: str) -> str | None:
+        result = await self.run(["/bin/sh", "-c", _SHA256, "sh", path], cwd="/")
+        if result.exit_code == 3:
+            return None
+        if result.exit_code != 0:
+            raise OSError(f"cannot hash {path} on the host: {result.stderr.strip()}")
+        return result.stdout.lstrip("\\")[:64].lower()
+
+    async def _list_dir(self, path: str) -> list[tuple[str, bool]] | None:
+        sftp = await self._sftp()
+        try:
+            with translate_errors(self.ssh_config, path):
+                entries = await sftp.readdir(path)
+        except OSError:
+            return None
+        listing = []
+        for entry in entries:
+            name = entry.filename if isinstance(entry.filename, str) else entry.filename.decode()
+            if name in (".", ".."):
+                continue
+            perms = entry.attrs.permissions or 0
+            if stat.S_ISLNK(perms):
+                target = await self._stat(posixpath.join(path, name))
+                perms = (target.permissions or 0) if target is not None else 0
+            listing.append((name, stat.S_ISDIR(perms)))
+        return listing
+
+    async def _exists(self, path: str) -> bool:
+        return await self._stat(path, follow=False) is not None
+
+    async def realpath(self, path: str) -> str:
+        """The path with every symlink resolved on the host; ``FileNotFoundError`` if missing."""
+        target = self._resolve(path)
+        sftp = await self._sftp()
+        with translate_errors(self.ssh_config, target):
+            resolved = await sftp.realpath(target)
+        if await self._stat(resolved) is None:
+            raise FileNotFoundError(2, f"no such file on {describe(self.ssh_config)}", target)
+        return resolved if isinstance(resolved, str) else resolved.decode()
+
+    async def file_size(self, path: str) -> int | None:
+        """Size in bytes, or ``None`` if there is no such file."""
+        attrs = await self._stat(self._resolve(path))
+        return None if attrs is None else int(attrs.size or 0)
+
+    # ---------------------------------------------------------------- archives
+
+    async def archive_workdir(self, exclude: Sequence[str] | None = None) -> AsyncIterator[bytes]:
+        """A gzip'd tar stream of the workdir's contents, made by the host's own tar."""
+        patterns = resolve_excludes(exclude)
+        handle = await self.launch_subprocess(
+            ["/bin/sh", "-c", _ARCHIVE, "sh", self.workdir, *find_prune_expression(patterns)],
+            cwd="/",
+            merge_stderr=False,
+        )
+        errors = bytearray()
+
+        async def collect() -> None:
+            async for piece in handle.stderr or _empty():
+                errors.extend(piece)
+
+        reader = asyncio.ensure_future(collect())
+        try:
+            async for chunk in handle.stdout:
+                yield chunk
+            await reader
+            code = await handle.wait()
+            text = errors.decode(errors="replace")
+            if code != 0 or "optio-tar-exit:0" not in text:
+                detail = text.replace("optio-tar-exit:", "tar exit status ").strip()
+                raise OSError(f"archiving {self.workdir} on the host failed: {detail}")
+        finally:
+            reader.cancel()
+            if handle.returncode is None:
+                await asyncio.shield(self._kill_quietly(handle))
+
+    async def restore_workdir(self, stream: AsyncIterator[bytes]) -> None:
+        """Replace the workdir's contents with an archive; unsafe archives raise ``ValueError``.
+
+        Members are checked here before they reach the host's ``tar``; the
+        archive lands in a staging folder first, so a refused one changes nothing.
+        """
+        staging = posixpath.join(self.taskdir, f".workdir.restore-{secrets.token_hex(8)}")
+        await self._sh('umask 077 && mkdir -p -- "$2" && mkdir -- "$1"', staging, self.workdir)
+        committed = False
+        try:
+            handle = await self.launch_subprocess(
+                ["tar", "-xf", "-", "-C", staging, "--no-same-owner"],
+                cwd="/",
+                merge_stderr=True,
+                stdin=True,
+            )
+            output = bytearray()
+
+            async def collect() -> None:
+                async for piece in handle.stdout:
+                    output.extend(piece[: 4096 - len(output)])
+
+            reader = asyncio.ensure_future(collect())
+            try:
+                stdin = _stdin_of(handle)
+                async for chunk in sanitize_archive(stream):
+                    stdin.write(chunk)
+                    await stdin.drain()
+                stdin.close()
+                await reader
+            except BaseException:
+                await asyncio.shield(self._kill_quietly(handle))
+                raise
+            finally:
+                reader.cancel()
+            code = await handle.wait()
+            if code != 0:
+                raise ValueError(f"the host's tar refused the archive: {output.decode(errors='replace')}")
+            await self._sh(_RESTORE_COMMIT, staging, self.workdir)
+            committed = True
+        finally:
+            if not committed and self._is_open():
+                await asyncio.shield(self._sh('rm -rf -- "$1"', staging, check=False))
+
+    # ---------------------------------------------------------------- tailing
+
+    async def tail_bytes(self, absolute_path: str, *, offset: int = 0) -> AsyncIterator[bytes]:
+        path = self._resolve(absolute_path)
+        if offset < 0:
+            raise ValueError(f"offset must not be negative, got {offset}")
+        handle = await self.launch_subprocess(
+            ["/bin/sh", "-c", _TAIL, "sh", path, str(offset + 1)],
+            cwd="/",
+            merge_stderr=False,
+            stdin=True,
+        )
+        process = handle.pid_like
+        self._tails.add(process)
+        try:
+            async for chunk in handle.stdout:
+                yield chunk
+            if self._pool is not None and not self._is_open():
+                raise HostConnectionError(
+                    f"lost the connection to {describe(self.ssh_config)} while following {path}"
+                )
+        finally:
+            self._tails.discard(process)
+            process.close()  # closing stdin ends the remote tail (its watchdog sees EOF)
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""
