@@ -157,6 +157,8 @@ class RemoteHost(BaseHost):
         self.ssh_config = ssh_config
         self._pool: SessionPool | None = None
         self._groups: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        #: Processes whose channel has closed (asyncssh's is_closing() is already true after EOF).
+        self._ended: weakref.WeakSet[Any] = weakref.WeakSet()
         self._watchers: set[asyncio.Task[None]] = set()
         self._tails: set[Any] = set()
         self._listeners: list[asyncssh.SSHListener] = []
@@ -347,7 +349,7 @@ class RemoteHost(BaseHost):
 
     async def terminate_subprocess(self, handle: ProcessHandle, *, aggressive: bool = False) -> None:
         process = handle.pid_like
-        if process.returncode is not None or process.is_closing():
+        if self._has_ended(process):
             return
         group = self._groups.get(process)
         if group is None:
@@ -374,10 +376,12 @@ class RemoteHost(BaseHost):
             pass  # "No such process" when it already ended: fine
         await handle.wait()
 
-    @staticmethod
-    async def _wait_exit(process: asyncssh.SSHClientProcess[bytes], timeout: float) -> bool:
+    def _has_ended(self, process: asyncssh.SSHClientProcess[bytes]) -> bool:
+        return process.returncode is not None or process in self._ended
+
+    async def _wait_exit(self, process: asyncssh.SSHClientProcess[bytes], timeout: float) -> bool:
         deadline = asyncio.get_running_loop().time() + timeout
-        while process.returncode is None and not process.is_closing():
+        while not self._has_ended(process):
             if asyncio.get_running_loop().time() >= deadline:
                 return False
             await asyncio.sleep(0.01)
