@@ -206,16 +206,10 @@ async def _next_chunk(chunks: AsyncIterator[bytes]) -> bytes | None:
 
 
 async def iter_local_file(path: str | os.PathLike[str]) -> AsyncIterator[bytes]:
-    """Read a local file in ``CHUNK_SIZE`` chunks without blocking the event loop."""
-    handle = await asyncio.to_thread(open, path, "rb")
-    try:
-        while True:
-            chunk = await asyncio.to_thread(handle.read, CHUNK_SIZE)
-            if not chunk:
-                return
+    """Read a local file in ``CHUNK_SIZE`` chunks."""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK_SIZE):
             yield chunk
-    finally:
-        handle.close()
 
 
 class Sha256Tap:

@@ -1,14 +1,268 @@
-"""STUB - replaced by the download task work (issue 4)."""
+"""A ready-made optio task that downloads a URL to a file on a host with ``curl``.
+
+``curl`` runs on the host itself (so the bytes never pass through the
+worker), through the host's process API: the same code path serves a
+``LocalHost``, a ``RemoteHost`` and "this machine" (``host=None``).
+
+The body is written to an unpredictable temporary name beside the target and
+renamed only once curl has exited successfully and, when asked, its SHA-256
+matched. Progress comes from curl's own progress bar (``--progress-bar``) on
+stderr: curl prints ``<bar> NN.N%`` segments separated by carriage returns, at
+most ten times a second, and a final ``100.0%`` for a body of known size.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import codecs
+import contextlib
+import posixpath
+import re
+import secrets
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from optio_core.models import TaskInstance
+
 from optio_host.errors import DownloadFailed
-
-
-def create_download_task(process_id: str, name: str, **kw: Any) -> Any:
-    raise NotImplementedError
-
+from optio_host.host.base import Host, checksum_mismatch, normalize_sha256
+from optio_host.host.local import LocalHost
+from optio_host.process import ProcessHandle
 
 __all__ = ["DownloadFailed", "create_download_task"]
+
+#: How much of curl's error output a ``DownloadFailed`` carries.
+STDERR_TAIL = 1024
+#: How often a running download checks ``ctx.should_continue()``.
+CANCEL_POLL = 0.2
+#: After terminating curl, how long to wait for its output streams to close.
+_DRAIN_AFTER_KILL = 5.0
+#: A percent is reported only when it grew by at least this much (curl already caps at 10 Hz).
+_REPORT_STEP = 1.0
+
+# One carriage-return/newline-separated piece of curl's stderr that is progress bar, not text:
+# "#####   45.6%", or the animation curl draws when the size is unknown ("#=#=#", "-=O=#  #").
+_BAR = re.compile(r"[#=O\-\s]*(?:(\d{1,3}(?:[.,]\d+)?)%\s*)?")
+_SEGMENT_MAX = 4096
+
+# Runs on the host as `sh -c SCRIPT sh TMP TARGET`: refuse to move into a folder (mv would),
+# else rename over the target.
+_COMMIT = r"""if [ -d "$2" ]; then
+  printf 'the download target is a directory: %s\n' "$2" >&2; exit 3
+fi
+exec mv -f -- "$1" "$2"
+"""
+
+def create_download_task(
+    process_id: str,
+    name: str,
+    *,
+    url: str,
+    target: str,
+    host: Host | None = None,
+    description: str | None = None,
+    cleanup_on_fail: bool = True,
+    expected_sha256: str | None = None,
+) -> TaskInstance:
+    """A task that downloads ``url`` to ``target`` (an absolute path on ``host``).
+
+    ``host=None`` downloads on this machine. Progress: ``(None, "Downloading
+    <basename>")`` first, then rising percents (to 100 for a body of known
+    size). A failure raises ``DownloadFailed`` (``exit_code`` is curl's, e.g.
+    22 for an HTTP error, 18 for a body shorter than announced) and, with
+    ``cleanup_on_fail``, removes the target. With ``expected_sha256`` a body
+    whose SHA-256 differs fails the same way and is never put at the target.
+    When ``ctx.should_continue()`` turns false curl is stopped, the target
+    removed (with ``cleanup_on_fail``) and the task returns without error.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"url must be a non-empty string, got {url!r}")
+    if not isinstance(target, str) or not target.startswith("/") or "\0" in target:
+        raise ValueError(
+            f"download target must be an absolute path on the host, got {target!r}; "
+            "HookContext.download_file resolves relative paths against the workdir"
+        )
+    if posixpath.basename(target) in ("", ".", ".."):
+        raise ValueError(f"download target must name a file, not a folder, got {target!r}")
+    expected = normalize_sha256(expected_sha256) if expected_sha256 is not None else None
+
+    download = _Download(url, target, host, cleanup_on_fail, expected)
+    return TaskInstance(
+        execute=download.execute,
+        process_id=process_id,
+        name=name,
+        description=description,
+        cancellable=True,
+        supports_resume=False,
+    )
+
+
+class _Download:
+    def __init__(
+        self, url: str, target: str, host: Host | None, cleanup_on_fail: bool, expected: str | None
+    ) -> None:
+        self.url = url
+        self.target = target
+        self.host = host
+        self.cleanup_on_fail = cleanup_on_fail
+        self.expected = expected
+
+    def _failed(self, exit_code: int | None, stderr_tail: str) -> DownloadFailed:
+        return DownloadFailed(
+            url=self.url, target=self.target, exit_code=exit_code, stderr_tail=stderr_tail[-STDERR_TAIL:]
+        )
+
+    async def execute(self, ctx: Any) -> None:
+        basename = posixpath.basename(self.target)
+        ctx.report_progress(None, f"Downloading {basename}")
+        # An unconnected LocalHost needs no taskdir as long as every path and cwd is absolute.
+        host: Host = self.host if self.host is not None else LocalHost()
+        folder = posixpath.dirname(self.target)
+        # Hidden, unguessable, and short enough for NAME_MAX (255 bytes) whatever the target's name.
+        stem = basename.encode()[:100].decode(errors="ignore")
+        temp = posixpath.join(folder, f".{stem}.{secrets.token_hex(8)}.part")
+        meter = _ProgressMeter(lambda percent: ctx.report_progress(percent, None))
+        committed = False
+        try:
+            if not ctx.should_continue():
+                return  # cancelled before it began; the finally below still cleans up
+            outcome = await self._run_curl(host, ctx, temp, meter)
+            if outcome is None:
+                return  # cancelled: the finally below removes what was written
+            code, errors = outcome
+            if code != 0:
+                raise self._failed(code, errors or f"curl exited with code {code}")
+            if self.expected is not None:
+                actual = await host.file_sha256(temp)
+                if actual != self.expected:
+                    mismatch = checksum_mismatch(self.target, self.expected, actual or "(no file)")
+                    raise self._failed(None, str(mismatch)) from mismatch
+            if not ctx.should_continue():
+                return  # cancelled while verifying: a cancelled download leaves no target
+            result = await host.run(["/bin/sh", "-c", _COMMIT, "sh", temp, self.target], cwd="/")
+            if result.exit_code != 0:
+                detail = result.stderr.strip() or f"mv exited with code {result.exit_code}"
+                raise self._failed(None, f"could not move the download into place: {detail}")
+            committed = True
+            meter.finish()
+        finally:
+            if not committed:
+                await asyncio.shield(self._discard(host, temp))
+
+    async def _discard(self, host: Host, temp: str) -> None:
+        """Remove what a failed or cancelled download left; never masks the original error."""
+        paths = [temp, self.target] if self.cleanup_on_fail else [temp]
+        for path in paths:
+            with contextlib.suppress(Exception):
+                await host.remove_file(path)
+
+    async def _run_curl(
+        self, host: Host, ctx: Any, temp: str, meter: _ProgressMeter
+    ) -> tuple[int, str] | None:
+        """Run curl to completion: ``(exit code, its error text)``, or ``None`` if cancelled."""
+        argv = [
+            "curl",
+            "-q",  # first: ignore ~/.curlrc, so the options below mean what they say
+            "--fail",
+            "--location",
+            "--globoff",  # "[1-3]" and "{a,b}" in a URL are literal, not a batch of URLs
+            "--progress-bar",
+            "--create-dirs",
+            "--output",
+            temp,
+            "--url",  # the URL as an option argument: one starting with "-" is never an option
+            self.url,
+        ]
+        try:
+            handle = await host.launch_subprocess(argv, cwd="/", merge_stderr=False)
+        except FileNotFoundError as exc:
+            raise self._failed(127, f"{exc}; install curl on the host to use the download task") from exc
+        stderr = _StderrReader(meter)
+        completion = asyncio.ensure_future(_complete(handle, stderr))
+        try:
+            while True:
+                done, _ = await asyncio.wait({completion}, timeout=CANCEL_POLL)
+                if done:
+                    return completion.result(), stderr.text()
+                if not ctx.should_continue():
+                    await host.terminate_subprocess(handle)
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(asyncio.shield(completion), _DRAIN_AFTER_KILL)
+                    return None
+        finally:
+            if not completion.done():
+                completion.cancel()
+                await asyncio.shield(_kill_quietly(host, handle))
+                with contextlib.suppress(BaseException):
+                    await completion
+
+
+async def _complete(handle: ProcessHandle, stderr: _StderrReader) -> int:
+    async def drain(chunks: AsyncIterator[bytes]) -> None:
+        async for _ in chunks:
+            pass  # curl writes the body to --output; nothing useful comes here
+
+    await asyncio.gather(drain(handle.stdout), stderr.consume(handle.stderr))
+    return await handle.wait()
+
+
+async def _kill_quietly(host: Host, handle: ProcessHandle) -> None:
+    if handle.returncode is None:
+        with contextlib.suppress(Exception):
+            await host.terminate_subprocess(handle, aggressive=True)
+
+
+class _ProgressMeter:
+    """Turns curl's percentages into reports: never decreasing, at most one per percent point."""
+
+    def __init__(self, report: Callable[[float], None]) -> None:
+        self._report = report
+        self._last: float | None = None
+
+    def update(self, percent: float) -> None:
+        percent = min(100.0, max(0.0, percent))
+        last = self._last
+        if last is None or percent >= last + _REPORT_STEP or (percent >= 100.0 > last):
+            self._last = percent
+            self._report(percent)
+
+    def finish(self) -> None:
+        # The file is complete: say so even when curl never knew the size.
+        if self._last is None or self._last < 100.0:
+            self._last = 100.0
+            self._report(100.0)
+
+
+class _StderrReader:
+    """Splits curl's stderr into progress-bar pieces (fed to the meter) and error text (kept)."""
+
+    def __init__(self, meter: _ProgressMeter) -> None:
+        self._meter = meter
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""
+        self._kept = ""
+
+    async def consume(self, chunks: AsyncIterator[bytes] | None) -> None:
+        if chunks is None:
+            return
+        async for chunk in chunks:
+            self._feed(self._decoder.decode(chunk))
+        self._feed(self._decoder.decode(b"", final=True) + "\n")
+
+    def _feed(self, text: str) -> None:
+        pieces = re.split(r"([\r\n])", self._partial + text)
+        # The last piece has no separator after it yet: it may still grow.
+        self._partial = pieces.pop()[-_SEGMENT_MAX:]
+        for index in range(0, len(pieces), 2):
+            self._segment(pieces[index], pieces[index + 1])
+
+    def _segment(self, piece: str, separator: str) -> None:
+        bar = _BAR.fullmatch(piece)
+        if bar is not None:
+            if bar.group(1) is not None:
+                self._meter.update(float(bar.group(1).replace(",", ".")))
+            return
+        self._kept = (self._kept + piece + ("\n" if separator == "\n" else " "))[-STDERR_TAIL * 4 :]
+
+    def text(self) -> str:
+        return self._kept.strip()[-STDERR_TAIL:]

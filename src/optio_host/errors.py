@@ -121,7 +121,9 @@ class DownloadFailed(Exception):
         super().__init__(url, target, exit_code, stderr_tail)
 
     def __str__(self) -> str:
-        text = f"download of {self.url} to {self.target} failed (exit code {self.exit_code})"
+        text = f"download of {self.url} to {self.target} failed"
+        if self.exit_code is not None:
+            text += f" (exit code {self.exit_code})"
         if self.stderr_tail.strip():
             text += f": {self.stderr_tail.strip()}"
         return text

@@ -214,6 +214,8 @@ class Link:
     conn: asyncssh.SSHClientConnection
     busy: int = 0
     alive: bool = True
+    #: Learnt from the first command: the login shell is /bin/sh, so commands need no extra exec.
+    login_shell_is_sh: bool = False
     sftp: asyncssh.SFTPClient | None = None
     sftp_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

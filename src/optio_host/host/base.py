@@ -131,6 +131,7 @@ class Host(Protocol):
     async def glob(self, pattern: str) -> list[str]: ...
     async def realpath(self, path: str) -> str: ...
     async def file_size(self, path: str) -> int | None: ...
+    async def file_sha256(self, path: str) -> str | None: ...
     def archive_workdir(self, exclude: Sequence[str] | None = None) -> AsyncIterator[bytes]: ...
     async def restore_workdir(self, stream: AsyncIterator[bytes]) -> None: ...
 
@@ -189,7 +190,8 @@ def _source(source: FileSource) -> _Source:
     )
 
 
-def _checked_sha256(value: str) -> str:
+def normalize_sha256(value: str) -> str:
+    """A SHA-256 hex digest in lower case; ``ValueError`` unless it is 64 hex digits."""
     digest = value.strip().lower()
     if not _SHA256.fullmatch(digest):
         raise ValueError(f"expected_sha256 must be 64 hex digits, got {value!r}")
@@ -439,8 +441,8 @@ class BaseHost(ABC):
         """Size and chunks of a file; ``FileNotFoundError`` if it is missing."""
 
     @abstractmethod
-    async def _file_sha256(self, path: str) -> str | None:
-        """Hex SHA-256 of a file on the host, ``None`` if it does not exist."""
+    async def file_sha256(self, path: str) -> str | None:
+        """Hex SHA-256 of a file, computed on the host; ``None`` if there is no such file."""
 
     @abstractmethod
     async def _list_dir(self, path: str) -> list[tuple[str, bool]] | None:
@@ -497,7 +499,7 @@ class BaseHost(ABC):
         """
         target = self._resolve(absolute_target, what="upload target")
         src = _source(source)
-        expected = _checked_sha256(expected_sha256) if expected_sha256 is not None else None
+        expected = normalize_sha256(expected_sha256) if expected_sha256 is not None else None
         if skip_if_unchanged:
             if expected is None and src.local_path is None and src.size is None:
                 raise ValueError(
@@ -505,7 +507,7 @@ class BaseHost(ABC):
                     "(the stream cannot be read twice to hash it first)"
                 )
             wanted = expected or await src.sha256()
-            if await self._file_sha256(target) == wanted:
+            if await self.file_sha256(target) == wanted:
                 if progress_cb is not None:
                     progress_cb(None, "already up to date")
                 return

@@ -197,7 +197,7 @@ class LocalHost(BaseHost):
 
         return size, chunks()
 
-    async def _file_sha256(self, path: str) -> str | None:
+    async def file_sha256(self, path: str) -> str | None:
         def digest() -> str | None:
             try:
                 with open(path, "rb") as handle:

@@ -36,7 +36,11 @@ __all__ = ["RemoteHost"]
 TERMINATE_GRACE = 5.0
 KILL_REAP_WAIT = 2.0
 
-# $1 env-on-stdin flag, $2 cwd, $3 "sh"|"argv", $4 merge flag, then the command.
+# The one way a remote command starts. Arguments: $1 env-on-stdin flag, $2 cwd, $3 "sh"|"argv",
+# $4 merge flag, then the command. It runs in /bin/sh: sent as `exec /bin/sh -c WRAPPER ...`, or,
+# once the header has told us the login shell *is* /bin/sh, sent to it directly (one exec fewer,
+# which is most of the cost of a short command). String commands are eval'd by that same /bin/sh,
+# which is what `/bin/sh -c` would do, without starting another shell.
 _WRAPPER = r"""_optio_nl='
 '
 if [ "$1" = 1 ]; then IFS= read -r _optio_env || exit 125; eval "$_optio_env"; unset _optio_env; fi
@@ -45,11 +49,23 @@ _optio_mode=$3; _optio_merge=$4; shift 4
 if [ "$_optio_mode" = argv ] && ! command -v -- "$1" >/dev/null 2>&1; then
   printf 'OPTIO:ENOENT\n'; exit 127
 fi
-printf 'OPTIO:%s\n' "$$"
+_optio_sh=0
+case "${SHELL##*/}" in sh|dash) if [ "$SHELL" -ef /bin/sh ]; then _optio_sh=1; fi ;; esac
+printf 'OPTIO:%s:%s\n' "$$" "$_optio_sh"
 if [ "$_optio_merge" = 1 ]; then exec 2>&1; fi
 if [ "$_optio_mode" = argv ]; then exec "$@"; fi
-exec /bin/sh -c "$1"
+_optio_cmd=$1
+shift
+unset _optio_nl _optio_mode _optio_merge _optio_sh
+eval "unset _optio_cmd; $_optio_cmd"
 """
+
+
+def _command_line(wrapper_args: list[str], login_shell_is_sh: bool) -> str:
+    if login_shell_is_sh:
+        return f"set -- {join(wrapper_args)}\n{_WRAPPER}"
+    return join(["exec", "/bin/sh", "-c", _WRAPPER, "/bin/sh", *wrapper_args])
+
 
 # Follows $1 from byte $2 (1-based) like tail -F; ends when the channel's stdin closes.
 _TAIL = r"""tail -c "+$2" -F -s 0.1 -- "$1" 2>/dev/null &
@@ -267,23 +283,11 @@ class RemoteHost(BaseHost):
         else:
             mode, words = "argv", validate_argv(command)
         directory = self._resolve(cwd, what="cwd") if cwd is not None else self.workdir
-        line = join(
-            [
-                "exec",
-                "/bin/sh",
-                "-c",
-                _WRAPPER,
-                "optio-host",
-                "1" if extra_env else "0",
-                directory,
-                mode,
-                "1" if merge_stderr else "0",
-                *words,
-            ]
-        )
+        wrapper_args = ["1" if extra_env else "0", directory, mode, "1" if merge_stderr else "0", *words]
         pool = self._connected_pool
         link = await pool.acquire(control=control)
         try:
+            line = _command_line(wrapper_args, link.login_shell_is_sh)
             process = await pool.open_session(link, line, "starting a command")
         except BaseException:
             pool.release(link)
@@ -294,7 +298,7 @@ class RemoteHost(BaseHost):
                 process.stdin.write(env_assignments_line(extra_env).encode() + b"\n")
             if not stdin:
                 process.stdin.write_eof()
-            first = await self._read_header(process, directory, words[0])
+            first = await self._read_header(process, link, directory, words[0])
         except BaseException:
             process.close()
             raise
@@ -321,7 +325,7 @@ class RemoteHost(BaseHost):
         task.add_done_callback(self._watchers.discard)
 
     async def _read_header(
-        self, process: asyncssh.SSHClientProcess[bytes], directory: str, program: str
+        self, process: asyncssh.SSHClientProcess[bytes], link: Link, directory: str, program: str
     ) -> bytes:
         """Read the wrapper's ``OPTIO:`` line; return output that came after it."""
         buffer = b""
@@ -344,7 +348,9 @@ class RemoteHost(BaseHost):
             raise FileNotFoundError(f"working directory does not exist on the host: {directory}")
         if status == "ENOENT":
             raise FileNotFoundError(f"program not found on the host: {program}")
-        self._groups[process] = int(status)
+        pid, _, shell_is_sh = status.partition(":")
+        self._groups[process] = int(pid)
+        link.login_shell_is_sh = shell_is_sh == "1"
         return buffer[end + 1 :]
 
     async def terminate_subprocess(self, handle: ProcessHandle, *, aggressive: bool = False) -> None:
@@ -490,7 +496,7 @@ class RemoteHost(BaseHost):
 
         return int(attrs.size or 0), chunks()
 
-    async def _file_sha256(self, path: str) -> str | None:
+    async def file_sha256(self, path: str) -> str | None:
         result = await self.run(["/bin/sh", "-c", _SHA256, "sh", path], cwd="/")
         if result.exit_code == 3:
             return None
