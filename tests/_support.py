@@ -11,7 +11,7 @@ from optio_host.host.base import Host
 #: File names that break naive quoting: spaces, quotes, $, backticks, newlines, leading dash.
 HOSTILE_NAMES = [
     "with space.txt",
-    "it's \"quoted\".txt",
+    'it\'s "quoted".txt',
     "$HOME and $(id).txt",
     "`uname`.txt",
     "new\nline.txt",

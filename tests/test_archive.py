@@ -6,7 +6,7 @@ import io
 import os
 import subprocess
 import tarfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -61,7 +61,16 @@ def _names(archive: bytes) -> set[str]:
 async def test_default_excludes(host: Host) -> None:
     await _populate(host)
     names = _names(await _archive_bytes(host, None))
-    assert names == {"src", "src/app.py", "docs", "docs/readme.md", "build", "build/out.bin", ".env", "link-to-app"}
+    assert names == {
+        "src",
+        "src/app.py",
+        "docs",
+        "docs/readme.md",
+        "build",
+        "build/out.bin",
+        ".env",
+        "link-to-app",
+    }
 
 
 async def test_empty_exclude_list_keeps_everything(host: Host) -> None:
@@ -234,7 +243,9 @@ _PATTERNS = st.lists(
 
 @settings(max_examples=40, deadline=None)
 @given(patterns=_PATTERNS)
-def test_find_expression_selects_what_is_excluded_selects(tmp_path_factory: pytest.TempPathFactory, patterns: list[str]) -> None:
+def test_find_expression_selects_what_is_excluded_selects(
+    tmp_path_factory: pytest.TempPathFactory, patterns: list[str]
+) -> None:
     root = str(tmp_path_factory.mktemp("tree"))
     paths = []
     for first in _SEGMENTS:
@@ -256,8 +267,9 @@ def test_find_expression_selects_what_is_excluded_selects(tmp_path_factory: pyte
     prune = ["(", *find_prune_expression(patterns), ")", "-prune", "-o"] if patterns else []
     found = subprocess.run(
         ["find", ".", "-mindepth", "1", *prune, "-printf", "%P\\n"],
-        cwd=root, capture_output=True, text=True, check=True,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\n")
     assert set(found) - {""} == expected
-
-

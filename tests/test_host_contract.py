@@ -94,7 +94,9 @@ async def test_run_env_values_round_trip(host: Host) -> None:
 
 
 async def test_run_env_adds_to_inherited_environment(host: Host) -> None:
-    result = await host.run(["/bin/sh", "-c", 'printf "%s|%s" "$OPTIO_T" "${PATH:+set}"'], env={"OPTIO_T": "1"})
+    result = await host.run(
+        ["/bin/sh", "-c", 'printf "%s|%s" "$OPTIO_T" "${PATH:+set}"'], env={"OPTIO_T": "1"}
+    )
     assert result.stdout == "1|set"
 
 
@@ -232,7 +234,9 @@ async def test_put_bytes_path_and_iterator_sources(host: Host, tmp_path: object)
 
 async def test_put_reports_progress_up_to_100(host: Host) -> None:
     seen: list[tuple[float | None, str | None]] = []
-    await host.put_file_to_host(os.urandom(3_000_000), host.workdir + "/p.bin", progress_cb=lambda p, m: seen.append((p, m)))
+    await host.put_file_to_host(
+        os.urandom(3_000_000), host.workdir + "/p.bin", progress_cb=lambda p, m: seen.append((p, m))
+    )
     percents = [p for p, _ in seen if p is not None]
     assert percents == sorted(percents) and percents[-1] == 100
 
@@ -264,7 +268,9 @@ async def test_put_skip_if_unchanged(host: Host) -> None:
     await host.put_file_to_host(b"same", target)
     before = (await host.run(["stat", "-c", "%i", target])).stdout
     calls: list[tuple[float | None, str | None]] = []
-    await host.put_file_to_host(b"same", target, skip_if_unchanged=True, progress_cb=lambda p, m: calls.append((p, m)))
+    await host.put_file_to_host(
+        b"same", target, skip_if_unchanged=True, progress_cb=lambda p, m: calls.append((p, m))
+    )
     assert calls == [(None, "already up to date")]
     assert (await host.run(["stat", "-c", "%i", target])).stdout == before  # not rewritten
     await host.put_file_to_host(b"changed", target, skip_if_unchanged=True)
@@ -276,7 +282,9 @@ async def test_put_iterator_with_skip_needs_expected_sha256(host: Host) -> None:
     with pytest.raises(ValueError, match="expected_sha256"):
         await host.put_file_to_host(chunks_of(b"data"), target, skip_if_unchanged=True)
     assert await host.file_size(target) is None
-    await host.put_file_to_host(chunks_of(b"data"), target, skip_if_unchanged=True, expected_sha256=sha256(b"data"))
+    await host.put_file_to_host(
+        chunks_of(b"data"), target, skip_if_unchanged=True, expected_sha256=sha256(b"data")
+    )
     assert await host.fetch_bytes_from_host(target) == b"data"
 
 
@@ -298,7 +306,9 @@ async def test_fetch_file_to_local_path(host: Host, tmp_path: object) -> None:
     local = os.path.join(str(tmp_path), "out", "big.bin")
     os.makedirs(os.path.dirname(local))
     progress: list[float | None] = []
-    await host.fetch_file_from_host(host.workdir + "/big.bin", local, progress_cb=lambda p, _m: progress.append(p))
+    await host.fetch_file_from_host(
+        host.workdir + "/big.bin", local, progress_cb=lambda p, _m: progress.append(p)
+    )
     with open(local, "rb") as handle:
         assert hashlib.sha256(handle.read()).hexdigest() == sha256(payload)
     assert progress[-1] == 100
@@ -432,7 +442,10 @@ async def test_tail_handles_16_mib_lines_and_invalid_utf8(host: Host) -> None:
     log = host.workdir + "/big.txt"
     size = 16 * 1024 * 1024
     reader = asyncio.create_task(_collect_lines(host, log, 3))
-    script = f'printf "\\377bad\\n" > "$1"; head -c {size} /dev/zero | tr "\\0" y >> "$1"; printf "\\nend\\n" >> "$1"'
+    script = (
+        f'printf "\\377bad\\n" > "$1"; head -c {size} /dev/zero | tr "\\0" y >> "$1"; '
+        'printf "\\nend\\n" >> "$1"'
+    )
     await host.run(["/bin/sh", "-c", script, "sh", log])
     lines = await asyncio.wait_for(reader, 60)
     assert lines[0] == "\ufffdbad"

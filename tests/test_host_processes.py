@@ -37,7 +37,7 @@ async def test_aggressive_terminate_kills_the_whole_tree(host: Host) -> None:
 
 async def test_graceful_terminate_sends_term_first(host: Host) -> None:
     marker = f"{host.workdir}/got-term"
-    script = f'trap \'echo term > "{marker}"; exit 0\' TERM; echo ready; sleep 300 & wait'
+    script = f"trap 'echo term > \"{marker}\"; exit 0' TERM; echo ready; sleep 300 & wait"
     handle = await host.launch_subprocess(["/bin/sh", "-c", script])
     assert await anext(handle.stdout) == b"ready\n"  # the trap is installed
     await host.terminate_subprocess(handle, aggressive=False)
@@ -46,7 +46,9 @@ async def test_graceful_terminate_sends_term_first(host: Host) -> None:
 
 
 async def test_graceful_terminate_kills_what_ignores_term(host: Host) -> None:
-    handle = await host.launch_subprocess(["/bin/sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done"])
+    handle = await host.launch_subprocess(
+        ["/bin/sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done"]
+    )
     assert await anext(handle.stdout) == b"ready\n"
     started = time.monotonic()
     await host.terminate_subprocess(handle, aggressive=False)

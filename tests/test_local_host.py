@@ -38,7 +38,9 @@ async def test_explicit_taskdir_works_without_connect(tmp_path: os.PathLike[str]
     assert os.path.isdir(host.workdir)  # a given taskdir is the caller's: never removed
 
 
-async def test_relative_taskdir_is_made_absolute(tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_relative_taskdir_is_made_absolute(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert LocalHost("rel").taskdir == os.path.join(str(tmp_path), "rel")
 

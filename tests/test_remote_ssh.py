@@ -38,7 +38,9 @@ async def _whoami(config: SSHConfig) -> str:
 # ------------------------------------------------------------------ host keys
 
 
-async def test_strict_refuses_an_unknown_key_and_names_fingerprint_and_fix(server: SshServer, tmp_path: object) -> None:
+async def test_strict_refuses_an_unknown_key_and_names_fingerprint_and_fix(
+    server: SshServer, tmp_path: object
+) -> None:
     empty = os.path.join(str(tmp_path), "known_hosts")
     with pytest.raises(HostKeyError) as caught:
         await _whoami(server.ssh_config(known_hosts=empty))
@@ -55,7 +57,9 @@ async def test_strict_accepts_a_known_key(server: SshServer) -> None:
     assert await _whoami(server.ssh_config()) == server.user
 
 
-async def test_default_policy_is_strict(server: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_default_policy_is_strict(
+    server: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("OPTIO_HOST_KEY_POLICY", raising=False)
     config = server.ssh_config(host_key_policy=None, known_hosts=os.path.join(str(tmp_path), "kh"))
     with pytest.raises(HostKeyError):
@@ -79,7 +83,9 @@ async def test_accept_new_records_then_refuses_a_changed_key(server: SshServer, 
         assert handle.read() == recorded  # the changed key was not recorded
 
 
-async def test_environment_sets_the_default_policy(server: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_environment_sets_the_default_policy(
+    server: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
     known = os.path.join(str(tmp_path), "kh")
     monkeypatch.setenv("OPTIO_HOST_KEY_POLICY", "accept-new")
     assert await _whoami(server.ssh_config(host_key_policy=None, known_hosts=known)) == server.user
@@ -104,7 +110,7 @@ def test_invalid_policy_is_rejected() -> None:
 
 async def test_refused_credentials(server: SshServer, tmp_path: object) -> None:
     other_key = os.path.join(str(tmp_path), "other")
-    os.system(f"ssh-keygen -q -t ed25519 -N '' -f {other_key}")  # noqa: S605 - fixed test command
+    os.system(f"ssh-keygen -q -t ed25519 -N '' -f {other_key}")
     with pytest.raises(AuthenticationFailed) as caught:
         await _whoami(server.ssh_config(key_path=other_key))
     assert server.user in str(caught.value) and isinstance(caught.value, ConnectionError)
@@ -141,7 +147,9 @@ async def test_relative_remote_taskdir_is_rejected(optio_sshd: SshServer) -> Non
         RemoteHost(optio_sshd.ssh_config(), "relative/dir")
 
 
-async def test_ssh_config_alias_is_honoured(optio_sshd: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_ssh_config_alias_is_honoured(
+    optio_sshd: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
     home = str(tmp_path)
     os.makedirs(os.path.join(home, ".ssh"))
     with open(os.path.join(home, ".ssh", "config"), "w") as handle:
@@ -150,8 +158,13 @@ async def test_ssh_config_alias_is_honoured(optio_sshd: SshServer, tmp_path: obj
             f"  User {optio_sshd.user}\n  IdentityFile {optio_sshd.key_path}\n"
         )
     monkeypatch.setenv("HOME", home)
-    config = SSHConfig(host="worker-alias", user="", key_path="", known_hosts=optio_sshd.known_hosts,
-                       host_key_policy="strict")
+    config = SSHConfig(
+        host="worker-alias",
+        user="",
+        key_path="",
+        known_hosts=optio_sshd.known_hosts,
+        host_key_policy="strict",
+    )
     assert await _whoami(config) == optio_sshd.user
 
 
@@ -160,8 +173,10 @@ async def test_proxy_jump(optio_sshd: SshServer, tmp_path: object, monkeypatch: 
     home = str(tmp_path)
     os.makedirs(os.path.join(home, ".ssh"))
     with open(os.path.join(home, ".ssh", "config"), "w") as handle:
-        handle.write(f"Host jump\n  HostName {optio_sshd.host}\n  Port {optio_sshd.port}\n"
-                     f"  User {optio_sshd.user}\n  IdentityFile {optio_sshd.key_path}\n")
+        handle.write(
+            f"Host jump\n  HostName {optio_sshd.host}\n  Port {optio_sshd.port}\n"
+            f"  User {optio_sshd.user}\n  IdentityFile {optio_sshd.key_path}\n"
+        )
     with open(optio_sshd.known_hosts) as source, open(os.path.join(home, ".ssh", "known_hosts"), "w") as dest:
         dest.write(source.read())
     monkeypatch.setenv("HOME", home)

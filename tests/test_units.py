@@ -31,7 +31,9 @@ def test_env_line_exports_values_unchanged(values: list[str]) -> None:
     line = env_assignments_line(env)
     assert "\n" not in line  # one line, so the remote wrapper can `read -r` it
     script = "_optio_nl='\n'\nIFS= read -r e; eval \"$e\"; env -0"
-    out = subprocess.run(["/bin/sh", "-c", script], input=(line + "\n").encode(), capture_output=True, check=True)
+    out = subprocess.run(
+        ["/bin/sh", "-c", script], input=(line + "\n").encode(), capture_output=True, check=True
+    )
     seen = dict(item.split("=", 1) for item in out.stdout.decode().split("\0")[:-1])
     assert {name: seen[name] for name in env} == env
 
@@ -74,7 +76,9 @@ def test_task_dir_local_and_remote(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("MY_TASKS_TASK_ROOT", "MY_TASKS_REMOTE_TASK_ROOT", "XDG_DATA_HOME"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", "/home/me")
-    assert task_dir(ssh=None, process_id="p1", consumer_name="my-tasks") == "/home/me/.local/share/my-tasks/p1"
+    assert (
+        task_dir(ssh=None, process_id="p1", consumer_name="my-tasks") == "/home/me/.local/share/my-tasks/p1"
+    )
     monkeypatch.setenv("XDG_DATA_HOME", "/xdg")
     assert task_dir(ssh=None, process_id="p1", consumer_name="my-tasks") == "/xdg/my-tasks/p1"
     monkeypatch.setenv("MY_TASKS_TASK_ROOT", "/root-override")
@@ -92,7 +96,12 @@ def test_task_dir_rejects_unsafe_process_ids(bad: str) -> None:
 
 def test_ssh_config_fields_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     config = SSHConfig("h", "u", "~/.ssh/key")
-    assert (config.port, config.host_key_policy, config.known_hosts, config.proxy_jump) == (22, None, None, None)
+    assert (config.port, config.host_key_policy, config.known_hosts, config.proxy_jump) == (
+        22,
+        None,
+        None,
+        None,
+    )
     assert (config.connect_timeout, config.keepalive_interval, config.max_sessions) == (15.0, 10.0, 10)
     monkeypatch.delenv("OPTIO_HOST_KEY_POLICY", raising=False)
     assert effective_host_key_policy(config) == "strict"

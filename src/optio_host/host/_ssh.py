@@ -41,6 +41,8 @@ MAX_LINKS = 4
 _RESERVED_SLOTS = 2
 #: How long a refused channel open is retried before giving up.
 _OPEN_RETRY_BUDGET = 60.0
+#: Pauses before each attempt to reconnect after a connection was lost.
+_RECONNECT_DELAYS = (0.0, 0.5, 1.0, 2.0)
 _RETRYABLE_OPEN_CODES = {
     asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
     asyncssh.OPEN_CONNECT_FAILED,
@@ -230,6 +232,9 @@ class SessionPool:
         self._opening = False
         self._closed = False
         self._cap = max(1, config.max_sessions - _RESERVED_SLOTS)
+        self._connected_once = False
+        #: The last failed reconnect and when: callers that were waiting for it share its outcome.
+        self._failure: tuple[HostConnectionError, float] | None = None
 
     @property
     def primary(self) -> Link:
@@ -260,12 +265,32 @@ class SessionPool:
         link = Link(conn)
         link_box.append(link)
         self._links.append(link)
+        self._connected_once = True
+        self._failure = None
         self._changed.set()
         return link
+
+    async def _reconnect(self) -> Link:
+        """Open a connection again after the last one was lost: a few attempts with backoff."""
+        last: HostConnectionError | None = None
+        for delay in _RECONNECT_DELAYS:
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                return await self._add_link()
+            except (HostKeyError, AuthenticationFailed):
+                raise  # retrying cannot fix these
+            except HostConnectionError as exc:
+                last = exc
+        raise HostConnectionError(
+            f"lost the connection to {describe(self._config)} and could not reconnect "
+            f"({len(_RECONNECT_DELAYS)} attempts over {sum(_RECONNECT_DELAYS):g}s): {last}"
+        ) from last
 
     async def acquire(self, *, control: bool = False) -> Link:
         """A connection with a free session slot (``control``: may use the reserved one)."""
         cap = self._cap + 1 if control else self._cap
+        started = time.monotonic()
         while True:
             if self._closed:
                 raise HostNotConnected(f"the connection to {describe(self._config)} is closed")
@@ -276,12 +301,19 @@ class SessionPool:
                 link.busy += 1
                 return link
             live = sum(1 for link in self._links if link.alive)
-            if not self._opening and (live == 0 or live < MAX_LINKS):
+            if live == 0 and self._failure is not None and self._failure[1] >= started:
+                raise self._failure[0]  # the reconnect we were waiting for failed
+            if not self._opening and live < MAX_LINKS:
                 self._opening = True
                 try:
-                    link = await self._add_link()
-                except HostConnectionError:
+                    if live == 0 and self._connected_once:
+                        link = await self._reconnect()
+                    else:
+                        link = await self._add_link()
+                except HostConnectionError as exc:
                     if live == 0:
+                        self._failure = (exc, time.monotonic())
+                        self._changed.set()
                         raise  # nothing to wait for: the host is unreachable
                     # More connections refused (MaxStartups, limits): share the ones we have.
                     self._opening = False
@@ -296,7 +328,8 @@ class SessionPool:
     async def _wait_for_change(self, timeout: float) -> None:
         self._changed.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
 
     def release(self, link: Link) -> None:
         link.busy -= 1
@@ -356,5 +389,6 @@ class SessionPool:
             link.conn.close()
         for link in links:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(link.conn.wait_closed(), 5.0)
+                async with asyncio.timeout(5.0):
+                    await link.conn.wait_closed()
         self._changed.set()

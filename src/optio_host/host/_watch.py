@@ -9,6 +9,7 @@ inotify cannot be used, callers fall back to short polling.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -70,10 +71,9 @@ class FileWatch:
 
     async def wait(self, timeout: float) -> None:
         """Return when a change is reported, or after ``timeout`` seconds at most."""
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except TimeoutError:
-            pass
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
         self._event.clear()
 
     def close(self) -> None:

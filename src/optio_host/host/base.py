@@ -25,6 +25,7 @@ from typing import Protocol, Self, runtime_checkable
 from optio_host._lines import LineSplitter, decode_line
 from optio_host._localfs import write_atomic
 from optio_host._streams import CHUNK_SIZE, ProgressCallback, Sha256Tap, iter_local_file
+from optio_host.detached import DetachedProcess, launch_detached
 from optio_host.errors import CommandTimeout, HostCommandError, HostNotConnected
 from optio_host.process import ProcessHandle, RunResult
 
@@ -84,6 +85,15 @@ class Host(Protocol):
     ) -> ProcessHandle: ...
 
     async def terminate_subprocess(self, handle: ProcessHandle, *, aggressive: bool = False) -> None: ...
+
+    async def launch_detached(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        name: str | None = None,
+    ) -> DetachedProcess: ...
     async def remove_file(self, path: str) -> None: ...
 
     async def put_file_to_host(
@@ -386,7 +396,9 @@ class BaseHost(ABC):
             return await handle.wait()
 
         try:
-            code = await asyncio.wait_for(complete(), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a racing cancel.
+            async with asyncio.timeout(timeout):
+                code = await complete()
         except TimeoutError:
             await asyncio.shield(self.terminate_subprocess(handle, aggressive=True))
             killed = handle.returncode
@@ -422,6 +434,17 @@ class BaseHost(ABC):
     ) -> RunResult:
         """Run a shell command string; never raises for a non-zero exit."""
         return await self.run(command, cwd=cwd, env=env)
+
+    async def launch_detached(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        name: str | None = None,
+    ) -> DetachedProcess:
+        """Start ``command`` so that it survives a lost connection (see ``optio_host.detached``)."""
+        return await launch_detached(self, command, env=env, cwd=cwd, name=name)
 
     # ---------------------------------------------------------------- files
 
@@ -540,7 +563,8 @@ class BaseHost(ABC):
             buffer.seek(0)
         async for chunk in tap.tap(chunks):
             buffer.write(chunk)
-        buffer.truncate(tap.count)
+        if tap.count != size:
+            raise OSError(f"{path} changed size while being read ({tap.count} of {size} bytes)")
         return buffer.getvalue()
 
     async def fetch_file_from_host(

@@ -154,14 +154,14 @@ class LocalHost(BaseHost):
         group = process.pid  # a session leader: its pid is its process group id
         if not aggressive:
             _signal_group(group, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), TERMINATE_GRACE)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TERMINATE_GRACE):
+                    await process.wait()
         # SIGKILL the group even after a graceful exit: children that ignored SIGTERM remain.
         _signal_group(group, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), KILL_REAP_WAIT)
+            async with asyncio.timeout(KILL_REAP_WAIT):
+                await process.wait()
 
     # ---------------------------------------------------------------- files
 

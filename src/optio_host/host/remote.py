@@ -178,6 +178,8 @@ class RemoteHost(BaseHost):
         self._watchers: set[asyncio.Task[None]] = set()
         self._tails: set[Any] = set()
         self._listeners: list[asyncssh.SSHListener] = []
+        #: Temporary upload files that could not be removed (the link was down): retried later.
+        self._orphans: set[str] = set()
 
     def __repr__(self) -> str:
         return f"RemoteHost({describe(self.ssh_config)}, taskdir={self._taskdir!r})"
@@ -396,7 +398,22 @@ class RemoteHost(BaseHost):
     # ---------------------------------------------------------------- files
 
     async def _sftp(self) -> asyncssh.SFTPClient:
-        return await self._connected_pool.sftp()
+        sftp = await self._connected_pool.sftp()
+        if self._orphans:
+            await self._remove_orphans(sftp)
+        return sftp
+
+    async def _remove_orphans(self, sftp: asyncssh.SFTPClient) -> None:
+        for path in list(self._orphans):
+            self._orphans.discard(path)
+            try:
+                with translate_errors(self.ssh_config, path):
+                    await sftp.remove(path)
+            except FileNotFoundError:
+                pass
+            except HostConnectionError:
+                self._orphans.add(path)
+                return
 
     async def remove_file(self, path: str) -> None:
         """Delete a file; a missing file is not an error."""
@@ -462,9 +479,9 @@ class RemoteHost(BaseHost):
         with contextlib.suppress(Exception):
             if handle.returncode is None:
                 await self.terminate_subprocess(handle, aggressive=True)
-            if self._is_open():
-                sftp = await self._sftp()
-                await sftp.remove(temp)
+        self._orphans.add(temp)
+        with contextlib.suppress(Exception):
+            await self._sftp()  # removes it now if the connection is up, else after reconnecting
 
     async def _stat(self, path: str, *, follow: bool = True) -> asyncssh.SFTPAttrs | None:
         sftp = await self._sftp()

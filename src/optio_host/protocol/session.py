@@ -1,24 +1,45 @@
-"""STUB - replaced by the protocol work (issue 4)."""
+"""The log-protocol session driver: follow ``optio.log``, report progress, fetch deliverables.
+
+``run_log_protocol_session`` prepares the workdir, runs the task's ``body``
+and, concurrently, follows ``<workdir>/optio.log`` line by line (see
+``optio_host.protocol.parser``). Four cooperating tasks share one outcome,
+first result wins:
+
+- the *tail* reads the log from a byte offset, dispatches every complete line
+  exactly once, and queues deliverables (a full queue pauses the tail, so
+  nothing is dropped);
+- the *fetcher* fetches queued deliverables one at a time, in order, and hands
+  them to ``on_deliverable``; it ends the session successfully once it has
+  handled everything queued before ``DONE``;
+- the *body* runs the task's own work; returning before ``DONE`` was seen
+  fails the session, once the tail has read what the log held at that moment;
+- the *watch* ends the session quietly when ``ctx.should_continue()`` turns false.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+import posixpath
+import shlex
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
-from optio_host.errors import SessionFailed
-
-_SessionFailed = SessionFailed
-DELIVERABLE_QUEUE_BOUND = 64
-DeliverableCallback = Any
-HookCallback = Any
-
-
-async def fetch_deliverable_text(host: Any, absolute_path: str) -> str:
-    raise NotImplementedError
-
-
-async def run_log_protocol_session(host: Any, ctx: Any, **kw: Any) -> None:
-    raise NotImplementedError
-
+from optio_host._lines import LineSplitter, decode_line
+from optio_host.context import HookContext
+from optio_host.errors import HostConnectionError, SessionFailed
+from optio_host.host.base import Host
+from optio_host.protocol.parser import (
+    DeliverableEvent,
+    DoneEvent,
+    ErrorEvent,
+    LogEvent,
+    StatusEvent,
+    UnknownLine,
+    parse_log_line,
+    relativize_deliverable_path,
+    validate_deliverable_path,
+)
 
 __all__ = [
     "DELIVERABLE_QUEUE_BOUND",
@@ -29,3 +50,365 @@ __all__ = [
     "fetch_deliverable_text",
     "run_log_protocol_session",
 ]
+
+#: The name 0.1.x consumers catch; the same class as ``optio_host.errors.SessionFailed``.
+_SessionFailed = SessionFailed
+
+#: Deliverables waiting to be fetched; when full, reading the log pauses until one is handled.
+DELIVERABLE_QUEUE_BOUND: Final = 64
+
+#: ``on_deliverable(hook_ctx, relative_path, text)``.
+DeliverableCallback = Callable[[HookContext, str, str], Awaitable[None]]
+
+#: ``before_execute(hook_ctx)`` / ``after_execute(hook_ctx)``.
+HookCallback = Callable[[HookContext], Awaitable[None]]
+
+#: The task's work: ``body(host, hook_ctx)``.
+SessionBody = Callable[[Host, HookContext], Awaitable[object]]
+
+LOG_NAME: Final = "optio.log"
+DELIVERABLES_DIR: Final = "deliverables"
+
+#: How often ``ctx.should_continue()`` is polled when the context has no cancellation event.
+CANCEL_POLL_INTERVAL: Final = 0.1
+
+#: After ``body`` returns without ``DONE``: how long the tail may take to read what the log holds.
+CATCH_UP_TIMEOUT: Final = 5.0
+
+
+async def fetch_deliverable_text(host: Host, absolute_path: str) -> str:
+    """The deliverable's contents decoded as UTF-8 (``UnicodeDecodeError`` if it is not)."""
+    data = await host.fetch_bytes_from_host(absolute_path)
+    return data.decode("utf-8")
+
+
+async def run_log_protocol_session(
+    host: Host,
+    ctx: Any,
+    *,
+    body: SessionBody,
+    on_deliverable: DeliverableCallback | None = None,
+    before_execute: HookCallback | None = None,
+    after_execute: HookCallback | None = None,
+) -> None:
+    """Run ``body`` on ``host`` while following its ``optio.log``; see the module docstring.
+
+    Prepares the workdir (``deliverables/`` and an empty ``optio.log``), runs
+    ``before_execute``, then the session. Returns on ``DONE`` (after every
+    queued deliverable was handled) or when ``ctx.should_continue()`` turns
+    false. Raises ``SessionFailed`` on an ``ERROR`` line, when ``body``
+    returns before ``DONE``, or when the log tail ends early; an exception
+    from ``body`` propagates as is. ``after_execute`` always runs last; its
+    own failure is raised only if the session had not failed already (else it
+    is reported as progress and the first error kept).
+
+    Without ``on_deliverable`` deliverables are checked and reported but not fetched.
+    The workdir is left in place and the body's processes are not killed.
+    """
+    hook_ctx = HookContext(ctx, host)
+    failure: BaseException | None = None
+    try:
+        session = _Session(host, ctx, hook_ctx, on_deliverable)
+        await session.prepare()
+        if before_execute is not None:
+            await before_execute(hook_ctx)
+        await session.run(body)
+    except BaseException as exc:
+        failure = exc
+        raise
+    finally:
+        if after_execute is not None:
+            try:
+                await after_execute(hook_ctx)
+            except Exception as exc:
+                if failure is None:
+                    raise
+                ctx.report_progress(None, f"after_execute failed: {exc}")
+
+
+class _Done:
+    """The marker queued after the last deliverable once ``DONE`` is read."""
+
+
+_DONE: Final = _Done()
+
+
+class _Session:
+    def __init__(
+        self,
+        host: Host,
+        ctx: Any,
+        hook_ctx: HookContext,
+        on_deliverable: DeliverableCallback | None,
+    ) -> None:
+        self._host = host
+        self._ctx = ctx
+        self._hook_ctx = hook_ctx
+        self._on_deliverable = on_deliverable
+        self._workdir = host.workdir
+        self._log_path = posixpath.join(self._workdir, LOG_NAME)
+        self._deliverables = posixpath.join(self._workdir, DELIVERABLES_DIR)
+        self._real_deliverables = self._deliverables
+        self._queue: asyncio.Queue[tuple[str, str] | _Done] = asyncio.Queue(DELIVERABLE_QUEUE_BOUND)
+        self._splitter = LineSplitter()
+        self._received = 0  # bytes read from the log, partial line included
+        # Offset just past the last line fully dispatched: where a restarted tail resumes, so
+        # every line is dispatched exactly once.
+        self._dispatched = 0
+        self._progress = asyncio.Event()  # set whenever the tail moved on
+        self._dispatching = False  # the tail is handling a line (maybe waiting for queue room)
+        self._done_seen = False
+        self._finished = asyncio.Event()
+        self._error: BaseException | None = None
+
+    # ---------------------------------------------------------------- setup
+
+    async def prepare(self) -> None:
+        await self._host.setup_workdir()
+        made = await self._host.run_command(f"mkdir -p -- {shlex.quote(self._deliverables)}")
+        if made.exit_code != 0:
+            raise SessionFailed(
+                f"could not create {self._deliverables} on the host "
+                f"(exit code {made.exit_code}): {made.stderr.strip()}"
+            )
+        await self._host.write_text(LOG_NAME, "")
+        # Deliverables are judged by where they really are on the host, so the folder's own
+        # real path (the workdir may sit under a symlinked /tmp) is the reference.
+        self._real_deliverables = await self._host.realpath(self._deliverables)
+
+    # ---------------------------------------------------------------- the session
+
+    async def run(self, body: SessionBody) -> None:
+        if not self._ctx.should_continue():
+            return
+        tasks = [
+            asyncio.create_task(self._guard(self._tail), name="optio-session-tail"),
+            asyncio.create_task(self._guard(self._fetch), name="optio-session-fetch"),
+            asyncio.create_task(self._guard(lambda: self._run_body(body)), name="optio-session-body"),
+            asyncio.create_task(self._guard(self._watch), name="optio-session-watch"),
+        ]
+        try:
+            await self._finished.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            # Wait even if we are cancelled meanwhile: no task may outlive the session.
+            await _wait_uncancellable(tasks)
+        if self._error is not None:
+            raise self._error
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        if not self._finished.is_set():
+            self._error = error
+            self._finished.set()
+
+    async def _guard(self, work: Callable[[], Awaitable[None]]) -> None:
+        # Takes a callable, not a coroutine: a task cancelled before its first step then
+        # leaves no never-awaited coroutine behind.
+        try:
+            await work()
+        except Exception as exc:
+            self._finish(exc)
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling() == 0:
+                # Raised by the work itself (say, the body awaited something that was cancelled),
+                # not a cancel of ours: without this the session would wait forever.
+                self._finish(SessionFailed("a session task was cancelled from inside"))
+                return
+            raise
+
+    # ---------------------------------------------------------------- the tail
+
+    async def _tail(self) -> None:
+        # Resume point for a future reconnect: just past the last line fully dispatched. (The
+        # splitter's offset may already be past lines of the current chunk still waiting to be
+        # dispatched, so restarting there could lose them.)
+        try:
+            await self._follow(self._dispatched)
+        except HostConnectionError as exc:
+            raise SessionFailed(f"lost the log tail of {self._log_path}: {exc}") from exc
+        if not self._done_seen:
+            raise SessionFailed(f"the tail of {self._log_path} ended before the worker wrote DONE or ERROR")
+
+    async def _follow(self, offset: int) -> None:
+        """Read the log from ``offset`` until ``DONE``; return early only if the tail ends."""
+        self._splitter = LineSplitter(offset)
+        self._received = offset
+        chunks = self._host.tail_bytes(self._log_path, offset=offset)
+        try:
+            async for chunk in chunks:
+                self._received += len(chunk)
+                for raw, end in self._splitter.feed(chunk):
+                    self._dispatching = True
+                    try:
+                        await self._dispatch(parse_log_line(decode_line(raw)))
+                    finally:
+                        self._dispatching = False
+                    self._dispatched = end
+                    self._progress.set()
+                    if self._done_seen:
+                        return
+                self._progress.set()
+        finally:
+            # Stop the host-side tail now, not whenever the generator is collected.
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _dispatch(self, event: LogEvent) -> None:
+        if isinstance(event, StatusEvent):
+            self._ctx.report_progress(event.percent, event.message)
+        elif isinstance(event, DeliverableEvent):
+            await self._deliverable(event.path)
+        elif isinstance(event, DoneEvent):
+            self._done_seen = True
+            if event.summary:
+                self._ctx.report_progress(None, event.summary)
+            self._progress.set()
+            await self._queue.put(_DONE)
+        elif isinstance(event, ErrorEvent):
+            raise SessionFailed(event.message or "the worker reported ERROR in optio.log")
+        elif isinstance(event, UnknownLine) and event.text:
+            self._ctx.report_progress(None, event.text)
+
+    async def _deliverable(self, path: str) -> None:
+        try:
+            absolute = validate_deliverable_path(path, self._workdir)
+            relative = relativize_deliverable_path(absolute, self._workdir)
+        except ValueError as exc:
+            self._skip(path, str(exc))
+            return
+        try:
+            real = await self._host.realpath(absolute)
+        except HostConnectionError:
+            raise
+        except FileNotFoundError:
+            self._skip(path, "it does not exist on the host")
+            return
+        except OSError as exc:
+            self._skip(path, f"it cannot be resolved on the host: {exc}")
+            return
+        if not real.startswith(self._real_deliverables.rstrip("/") + "/"):
+            self._skip(path, f"it resolves to {real}, outside {self._real_deliverables}/ (a symlink?)")
+            return
+        self._ctx.report_progress(None, f"Deliverable: {relative}")
+        if self._on_deliverable is not None:
+            await self._queue.put((relative, real))
+
+    def _skip(self, path: str, reason: str) -> None:
+        self._ctx.report_progress(None, f"Deliverable {path!r}: {reason}; skipping it")
+
+    # ---------------------------------------------------------------- the fetcher
+
+    async def _fetch(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, _Done):
+                self._finish()
+                return
+            relative, path = item
+            await self._hand_over(relative, path)
+
+    async def _hand_over(self, relative: str, path: str) -> None:
+        try:
+            text = await fetch_deliverable_text(self._host, path)
+        except UnicodeDecodeError:
+            self._ctx.report_progress(None, f"Deliverable {relative} is not UTF-8 text; skipping it")
+            return
+        except FileNotFoundError:
+            self._ctx.report_progress(None, f"Deliverable {relative} disappeared before it was fetched")
+            return
+        except OSError as exc:
+            self._ctx.report_progress(None, f"Deliverable {relative} could not be fetched: {exc}")
+            return
+        if self._on_deliverable is None:
+            return
+        try:
+            await self._on_deliverable(self._hook_ctx, relative, text)
+        except Exception as exc:
+            self._ctx.report_progress(None, f"Deliverable {relative}: on_deliverable failed: {exc!r}")
+
+    # ---------------------------------------------------------------- the body
+
+    async def _run_body(self, body: SessionBody) -> None:
+        await body(self._host, self._hook_ctx)
+        if self._done_seen:
+            return
+        # The worker may have written DONE just before the body returned: judge only after the
+        # tail has read everything the log holds now.
+        caught_up = await self._catch_up()
+        if not self._done_seen and caught_up and self._splitter.pending:
+            # A last line without its newline (``printf DONE``): the body is over, so the line is
+            # complete. The tail is idle here (everything before it was dispatched).
+            for raw, end in self._splitter.feed(b"\n"):
+                await self._dispatch(parse_log_line(decode_line(raw)))
+                self._dispatched = end
+        if self._done_seen:
+            return
+        raise SessionFailed(
+            f"the session body returned before the worker wrote DONE (or ERROR) to {self._log_path}"
+        )
+
+    async def _catch_up(self) -> bool:
+        """Wait until the tail has read and dispatched the whole log as it is now.
+
+        True when it has. False when the log is gone, or when the tail sat idle
+        for ``CATCH_UP_TIMEOUT`` without reaching the end. Time the tail spends
+        dispatching (say, waiting for room in a full deliverable queue behind a
+        slow ``on_deliverable``) does not count: that is progress, not a stall.
+        """
+        size = await self._host.file_size(self._log_path)
+        if size is None:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CATCH_UP_TIMEOUT
+        while not self._done_seen:
+            self._progress.clear()
+            if self._received >= size and self._dispatched == self._splitter.offset:
+                return True
+            if self._dispatching:
+                deadline = loop.time() + CATCH_UP_TIMEOUT
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._progress.wait()
+        return True
+
+    # ---------------------------------------------------------------- cancellation
+
+    async def _watch(self) -> None:
+        flag = getattr(self._ctx, "cancellation_flag", None)
+        while self._ctx.should_continue():
+            if isinstance(flag, asyncio.Event):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CANCEL_POLL_INTERVAL):
+                        await flag.wait()
+            else:
+                await asyncio.sleep(CANCEL_POLL_INTERVAL)
+        self._finish()
+
+
+async def _wait_uncancellable(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait until every (already cancelled) task has ended; a cancel meanwhile is re-raised after.
+
+    A task that swallowed its cancellation (a body catching ``CancelledError``, or
+    Python 3.11's ``asyncio.wait_for`` losing a cancel that races with completion)
+    is cancelled again every ``_RECANCEL_INTERVAL`` seconds rather than waited for forever.
+    """
+    cancelled = False
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        try:
+            _, pending = await asyncio.wait(pending, timeout=_RECANCEL_INTERVAL)
+        except asyncio.CancelledError:
+            cancelled = True
+        for task in pending:
+            task.cancel()
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+_RECANCEL_INTERVAL: Final = 1.0
