@@ -55,17 +55,21 @@ cat -- "$state/pid"
 
 # $1 state folder, $2 tenths of a second to wait at most (-1: until it ends). Prints the exit
 # status, "running" when the time ran out, or "lost" when it ended without recording one.
-# Unbounded waits use GNU tail's --pid (no process per poll) where it exists.
+# A zombie counts as ended: an orphaned runner is reaped by init, which may take a while.
+# Polls every 0.1 s for the first 2 s, then every 0.5 s (one `sleep` process per poll).
 _WAIT = r"""state=$1; limit=$2
 [ -s "$state/pid" ] || { echo "no detached process in $state" >&2; exit 3; }
-pid=$(cat -- "$state/pid")
-if [ "$limit" -lt 0 ] && [ ! -e "$state/exit" ]; then
-  tail --pid="$pid" -s 0.1 -f /dev/null 2>/dev/null
-fi
+read -r pid < "$state/pid"
+alive() {
+  kill -0 "$pid" 2>/dev/null || return 1
+  [ -r "/proc/$pid/stat" ] || return 0
+  read -r stat < "/proc/$pid/stat" 2>/dev/null || return 1
+  case "$stat" in *") Z "*) return 1 ;; esac
+}
 waited=0
-while [ ! -e "$state/exit" ] && kill -0 "$pid" 2>/dev/null; do
+while [ ! -e "$state/exit" ] && alive; do
   if [ "$limit" -ge 0 ] && [ "$waited" -ge "$limit" ]; then echo running; exit 0; fi
-  sleep 0.1; waited=$((waited + 1))
+  if [ "$waited" -lt 20 ]; then sleep 0.1; waited=$((waited + 1)); else sleep 0.5; waited=$((waited + 5)); fi
 done
 if [ -e "$state/exit" ]; then cat -- "$state/exit"; else echo lost; fi
 """
