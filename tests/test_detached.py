@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from optio_host import LocalHost, RemoteHost
@@ -11,7 +9,7 @@ from optio_host.detached import KILLED, DetachedProcess
 from optio_host.host.base import Host
 from optio_host.testing.sshd import SshServer
 
-from ._support import is_alive, wait_gone
+from ._support import is_alive, read_pid, wait_gone
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,15 +29,14 @@ async def test_string_command_env_and_cwd(host: Host) -> None:
 
 
 async def test_running_process_reports_none_then_terminates_with_its_children(host: Host) -> None:
-    proc = await host.launch_detached("sleep 300 & echo $! > child.pid; wait", name="sleeper")
+    proc = await host.launch_detached("sleep 300 & printf '%s!' $! > child.pid; wait", name="sleeper")
     assert proc.state_dir.endswith("/.optio/detached/sleeper")
     assert await proc.returncode() is None
     leader = await proc.pid()
     assert await is_alive(host, leader)
-    while not (child_text := (await host.run(["cat", "child.pid"])).stdout.strip()):
-        await asyncio.sleep(0.02)
+    child = await read_pid(host, host.workdir + "/child.pid")
     await proc.terminate()
-    assert await wait_gone(host, int(child_text))
+    assert await wait_gone(host, child)
     assert await wait_gone(host, leader)
     assert await proc.wait() != 0
 

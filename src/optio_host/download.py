@@ -20,14 +20,15 @@ import posixpath
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable
-from typing import Any
-
-from optio_core.models import TaskInstance
+from typing import TYPE_CHECKING, Any
 
 from optio_host.errors import DownloadFailed
 from optio_host.host.base import Host, checksum_mismatch, normalize_sha256
 from optio_host.host.local import LocalHost
 from optio_host.process import ProcessHandle
+
+if TYPE_CHECKING:
+    from optio_core.models import TaskInstance
 
 __all__ = ["DownloadFailed", "create_download_task"]
 
@@ -85,6 +86,10 @@ def create_download_task(
     if posixpath.basename(target) in ("", ".", ".."):
         raise ValueError(f"download target must name a file, not a folder, got {target!r}")
     expected = normalize_sha256(expected_sha256) if expected_sha256 is not None else None
+
+    # Imported here: optio-core takes half a second to import, and workers and the CLI that
+    # import optio_host never build tasks.
+    from optio_core.models import TaskInstance
 
     download = _Download(url, target, host, cleanup_on_fail, expected)
     return TaskInstance(

@@ -18,9 +18,10 @@ import contextlib
 import errno
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncssh
 
@@ -34,13 +35,22 @@ from optio_host.types import HOST_KEY_POLICY_ENV, SSHConfig, effective_host_key_
 
 __all__ = ["MAX_LINKS", "Link", "SessionPool", "describe", "translate_errors"]
 
+_T = TypeVar("_T")
+
 #: At most this many SSH connections per host (sshd's MaxStartups limits parallel handshakes,
 #: so they are opened one at a time).
 MAX_LINKS = 4
+#: Handshakes in progress to one destination, across all hosts of this event loop: kept below
+#: OpenSSH's MaxStartups (default 10:30:100 starts dropping new connections past 10).
+MAX_HANDSHAKES = 8
+#: Retries of a connection the server dropped during the handshake (MaxStartups under load).
+_HANDSHAKE_RETRIES = (0.2, 0.5, 1.0)
 #: Slots per connection kept back: one for the SFTP channel, one for control commands (kill).
 _RESERVED_SLOTS = 2
 #: How long a refused channel open is retried before giving up.
 _OPEN_RETRY_BUDGET = 60.0
+#: How often an operation that found its connection dead is sent again on a fresh one.
+_DEAD_LINK_RETRIES = 2
 #: Pauses before each attempt to reconnect after a connection was lost.
 _RECONNECT_DELAYS = (0.0, 0.5, 1.0, 2.0)
 _RETRYABLE_OPEN_CODES = {
@@ -166,8 +176,46 @@ def _host_key_error(config: SSHConfig, client: _Client, known_hosts: str) -> Hos
     return HostKeyError(message, host=config.host, port=config.port, fingerprint=fingerprint)
 
 
+_handshakes: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, int], asyncio.Semaphore]
+] = weakref.WeakKeyDictionary()
+
+
+def _handshake_gate(config: SSHConfig) -> asyncio.Semaphore:
+    gates = _handshakes.setdefault(asyncio.get_running_loop(), {})
+    return gates.setdefault((config.host, config.port), asyncio.Semaphore(MAX_HANDSHAKES))
+
+
+class _DroppedHandshake(Exception):
+    """The server closed the connection before authentication finished."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 async def open_connection(config: SSHConfig, on_lost: Any) -> asyncssh.SSHClientConnection:
-    """One authenticated SSH connection, errors translated to optio-host's."""
+    """One authenticated SSH connection, errors translated to optio-host's.
+
+    At most ``MAX_HANDSHAKES`` run at once per destination, and a connection
+    the server drops mid-handshake (its MaxStartups throttling) is retried.
+    """
+    async with _handshake_gate(config):
+        for delay in _HANDSHAKE_RETRIES:
+            try:
+                return await _open_connection(config, on_lost)
+            except _DroppedHandshake:
+                await asyncio.sleep(delay)
+        try:
+            return await _open_connection(config, on_lost)
+        except _DroppedHandshake as exc:
+            raise HostConnectionError(
+                f"{describe(config)} kept closing the connection during the handshake ({exc.reason}); "
+                "is it overloaded (MaxStartups) or restarting?"
+            ) from None
+
+
+async def _open_connection(config: SSHConfig, on_lost: Any) -> asyncssh.SSHClientConnection:
     policy = effective_host_key_policy(config)
     known_hosts = _known_hosts_path(config)
     client = _Client(policy, known_hosts, on_lost)
@@ -186,6 +234,8 @@ async def open_connection(config: SSHConfig, on_lost: Any) -> asyncssh.SSHClient
         raise HostConnectionError(
             f"could not connect to {describe(config)} within {config.connect_timeout:g}s"
         ) from None
+    except (asyncssh.ConnectionLost, ConnectionResetError) as exc:
+        raise _DroppedHandshake(str(exc) or type(exc).__name__) from exc
     except (OSError, asyncssh.Error) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
         raise HostConnectionError(f"could not connect to {describe(config)}: {reason}") from exc
@@ -343,40 +393,81 @@ class SessionPool:
         finally:
             self.release(link)
 
-    async def open_session(self, link: Link, command: str, what: str) -> asyncssh.SSHClientProcess[bytes]:
+    async def start_process(
+        self, command_for: Callable[[Link], str], what: str, *, control: bool = False
+    ) -> tuple[Link, asyncssh.SSHClientProcess[bytes]]:
+        """Take a slot and start a command in it; the caller releases the slot when it ends.
+
+        A connection found dead while opening the channel (nothing ran yet) is dropped
+        and the command started on a fresh one, so a server restart between calls
+        goes unnoticed.
+        """
+        for attempt in range(_DEAD_LINK_RETRIES + 1):
+            link = await self.acquire(control=control)
+            try:
+                return link, await self._open_session(link, command_for(link), what)
+            except HostConnectionError:
+                self.release(link)
+                if not self._is_dead(link) or attempt == _DEAD_LINK_RETRIES:
+                    raise
+            except BaseException:
+                self.release(link)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _is_dead(self, link: Link) -> bool:
+        if link.alive and link.conn.is_closed():
+            link.alive = False
+            self._changed.set()
+        return not link.alive
+
+    async def _open_session(self, link: Link, command: str, what: str) -> asyncssh.SSHClientProcess[bytes]:
         """Start ``command`` on ``link``, retrying while the server refuses for lack of slots."""
         delay = 0.005
         deadline = time.monotonic() + _OPEN_RETRY_BUDGET
         while True:
-            try:
-                with translate_errors(self._config, what):
-                    try:
-                        return await link.conn.create_process(command, encoding=None)
-                    except asyncssh.ChannelOpenError as exc:
-                        if exc.code not in _RETRYABLE_OPEN_CODES or not link.alive:
-                            raise
-                        if time.monotonic() + delay > deadline:
-                            raise HostConnectionError(
-                                f"{describe(self._config)} kept refusing new sessions for "
-                                f"{_OPEN_RETRY_BUDGET:g}s ({exc.reason}); if its MaxSessions is "
-                                f"below {self._config.max_sessions}, lower SSHConfig.max_sessions"
-                            ) from exc
-            except HostConnectionError:
-                if link.alive and link.conn.is_closed():
-                    link.alive = False
-                raise
+            with translate_errors(self._config, what):
+                try:
+                    return await link.conn.create_process(command, encoding=None)
+                except asyncssh.ChannelOpenError as exc:
+                    if exc.code not in _RETRYABLE_OPEN_CODES or self._is_dead(link):
+                        raise
+                    if time.monotonic() + delay > deadline:
+                        raise HostConnectionError(
+                            f"{describe(self._config)} kept refusing new sessions for "
+                            f"{_OPEN_RETRY_BUDGET:g}s ({exc.reason}); if its MaxSessions is "
+                            f"below {self._config.max_sessions}, lower SSHConfig.max_sessions"
+                        ) from exc
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
 
-    async def sftp(self) -> asyncssh.SFTPClient:
-        """The SFTP client on the primary connection (opened once, kept)."""
-        link = self.primary
+    async def sftp_call(self, what: str, operation: Callable[[asyncssh.SFTPClient], Awaitable[_T]]) -> _T:
+        """Run one SFTP request on the primary connection (reconnecting first if it was lost).
+
+        Errors are translated (a missing file is ``FileNotFoundError``); a request that
+        failed because the connection turned out dead is sent again on a fresh one.
+        """
+        for attempt in range(_DEAD_LINK_RETRIES + 1):
+            link = await self._primary_link()
+            try:
+                with translate_errors(self._config, what):
+                    return await operation(await self._sftp_on(link))
+            except HostConnectionError:
+                if not self._is_dead(link) or attempt == _DEAD_LINK_RETRIES:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _primary_link(self) -> Link:
+        if not self.has_live_link():
+            self.release(await self.acquire())  # reconnects, with the usual retries
+        return self.primary
+
+    async def _sftp_on(self, link: Link) -> asyncssh.SFTPClient:
         if link.sftp is not None:
             return link.sftp
         async with link.sftp_lock:
             if link.sftp is None:
-                with translate_errors(self._config, "starting SFTP"):
-                    link.sftp = await link.conn.start_sftp_client()
+                link.sftp = await link.conn.start_sftp_client()
             return link.sftp
 
     async def close(self) -> None:

@@ -16,9 +16,9 @@ import posixpath
 import secrets
 import stat
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncssh
 
@@ -32,6 +32,8 @@ from optio_host.quoting import env_assignments_line, join, validate_argv, valida
 from optio_host.types import SSHConfig
 
 __all__ = ["RemoteHost"]
+
+_T = TypeVar("_T")
 
 TERMINATE_GRACE = 5.0
 KILL_REAP_WAIT = 2.0
@@ -287,13 +289,11 @@ class RemoteHost(BaseHost):
         directory = self._resolve(cwd, what="cwd") if cwd is not None else self.workdir
         wrapper_args = ["1" if extra_env else "0", directory, mode, "1" if merge_stderr else "0", *words]
         pool = self._connected_pool
-        link = await pool.acquire(control=control)
-        try:
-            line = _command_line(wrapper_args, link.login_shell_is_sh)
-            process = await pool.open_session(link, line, "starting a command")
-        except BaseException:
-            pool.release(link)
-            raise
+        link, process = await pool.start_process(
+            lambda link: _command_line(wrapper_args, link.login_shell_is_sh),
+            "starting a command",
+            control=control,
+        )
         self._watch_until_closed(process, pool, link)
         try:
             if extra_env:
@@ -397,30 +397,34 @@ class RemoteHost(BaseHost):
 
     # ---------------------------------------------------------------- files
 
-    async def _sftp(self) -> asyncssh.SFTPClient:
-        sftp = await self._connected_pool.sftp()
+    async def _sftp_call(self, what: str, operation: Callable[[asyncssh.SFTPClient], Awaitable[_T]]) -> _T:
+        """One SFTP request (errors translated; a dead connection is replaced first)."""
+        result = await self._connected_pool.sftp_call(what, operation)
         if self._orphans:
-            await self._remove_orphans(sftp)
-        return sftp
+            await self._remove_orphans()
+        return result
 
-    async def _remove_orphans(self, sftp: asyncssh.SFTPClient) -> None:
+    async def _remove_orphans(self) -> None:
+        """Remove temporary files a lost connection kept us from removing (best effort)."""
         for path in list(self._orphans):
             self._orphans.discard(path)
+
+            async def remove(sftp: asyncssh.SFTPClient, path: str = path) -> None:
+                await sftp.remove(path)
+
             try:
-                with translate_errors(self.ssh_config, path):
-                    await sftp.remove(path)
+                await self._connected_pool.sftp_call(path, remove)
             except FileNotFoundError:
                 pass
-            except HostConnectionError:
+            except OSError:
                 self._orphans.add(path)
                 return
 
     async def remove_file(self, path: str) -> None:
         """Delete a file; a missing file is not an error."""
         target = self._resolve(path)
-        sftp = await self._sftp()
-        with contextlib.suppress(FileNotFoundError), translate_errors(self.ssh_config, target):
-            await sftp.remove(target)
+        with contextlib.suppress(FileNotFoundError):
+            await self._sftp_call(target, lambda sftp: sftp.remove(target))
 
     async def _write_file_atomic(
         self,
@@ -463,11 +467,9 @@ class RemoteHost(BaseHost):
                     f"{output.decode(errors='replace').strip()}"
                 )
             before_commit()
-            sftp = await self._sftp()
-            with translate_errors(self.ssh_config, target):
-                if mode is not None:
-                    await sftp.chmod(temp, mode)
-                await sftp.posix_rename(temp, target)
+            if mode is not None:
+                await self._sftp_call(temp, lambda sftp: sftp.chmod(temp, mode))
+            await self._sftp_call(target, lambda sftp: sftp.posix_rename(temp, target))
             committed = True
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise HostConnectionError(f"lost the connection while writing {target}") from exc
@@ -481,13 +483,11 @@ class RemoteHost(BaseHost):
                 await self.terminate_subprocess(handle, aggressive=True)
         self._orphans.add(temp)
         with contextlib.suppress(Exception):
-            await self._sftp()  # removes it now if the connection is up, else after reconnecting
+            await self._remove_orphans()  # now if the connection is up, else after reconnecting
 
     async def _stat(self, path: str, *, follow: bool = True) -> asyncssh.SFTPAttrs | None:
-        sftp = await self._sftp()
         try:
-            with translate_errors(self.ssh_config, path):
-                return await (sftp.stat(path) if follow else sftp.lstat(path))
+            return await self._sftp_call(path, lambda sftp: sftp.stat(path) if follow else sftp.lstat(path))
         except FileNotFoundError:
             return None
 
@@ -522,12 +522,12 @@ class RemoteHost(BaseHost):
         return result.stdout.lstrip("\\")[:64].lower()
 
     async def _list_dir(self, path: str) -> list[tuple[str, bool]] | None:
-        sftp = await self._sftp()
         try:
-            with translate_errors(self.ssh_config, path):
-                entries = await sftp.readdir(path)
+            entries = await self._sftp_call(path, lambda sftp: sftp.readdir(path))
+        except ConnectionError:
+            raise
         except OSError:
-            return None
+            return None  # missing, not a folder, or not readable
         listing = []
         for entry in entries:
             name = entry.filename if isinstance(entry.filename, str) else entry.filename.decode()
@@ -546,9 +546,7 @@ class RemoteHost(BaseHost):
     async def realpath(self, path: str) -> str:
         """The path with every symlink resolved on the host; ``FileNotFoundError`` if missing."""
         target = self._resolve(path)
-        sftp = await self._sftp()
-        with translate_errors(self.ssh_config, target):
-            resolved = await sftp.realpath(target)
+        resolved = await self._sftp_call(target, lambda sftp: sftp.realpath(target))
         if await self._stat(resolved) is None:
             raise FileNotFoundError(2, f"no such file on {describe(self.ssh_config)}", target)
         return resolved if isinstance(resolved, str) else resolved.decode()

@@ -23,7 +23,7 @@ import contextlib
 import posixpath
 import shlex
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from optio_host._lines import LineSplitter, decode_line
 from optio_host.context import HookContext
@@ -66,6 +66,8 @@ HookCallback = Callable[[HookContext], Awaitable[None]]
 #: The task's work: ``body(host, hook_ctx)``.
 SessionBody = Callable[[Host, HookContext], Awaitable[object]]
 
+_T = TypeVar("_T")
+
 LOG_NAME: Final = "optio.log"
 DELIVERABLES_DIR: Final = "deliverables"
 
@@ -74,6 +76,11 @@ CANCEL_POLL_INTERVAL: Final = 0.1
 
 #: After ``body`` returns without ``DONE``: how long the tail may take to read what the log holds.
 CATCH_UP_TIMEOUT: Final = 5.0
+
+#: Default budget for getting a lost connection back before the session fails.
+RECONNECT_TIMEOUT: Final = 180.0
+#: Pause between attempts to reach the host again.
+_RECONNECT_PAUSE: Final = 1.0
 
 
 async def fetch_deliverable_text(host: Host, absolute_path: str) -> str:
@@ -90,6 +97,7 @@ async def run_log_protocol_session(
     on_deliverable: DeliverableCallback | None = None,
     before_execute: HookCallback | None = None,
     after_execute: HookCallback | None = None,
+    reconnect_timeout: float = RECONNECT_TIMEOUT,
 ) -> None:
     """Run ``body`` on ``host`` while following its ``optio.log``; see the module docstring.
 
@@ -104,11 +112,18 @@ async def run_log_protocol_session(
 
     Without ``on_deliverable`` deliverables are checked and reported but not fetched.
     The workdir is left in place and the body's processes are not killed.
+
+    A lost connection to a remote host does not end the session: the tail
+    resumes at the byte where it stopped (no line is dispatched twice or
+    skipped) and fetches are retried, for up to ``reconnect_timeout`` seconds
+    without a connection; past that the session fails with ``SessionFailed``.
+    For the worker itself to survive, start it with ``host.launch_detached``
+    and wait with its ``wait()``, which rides out reconnects too.
     """
     hook_ctx = HookContext(ctx, host)
     failure: BaseException | None = None
     try:
-        session = _Session(host, ctx, hook_ctx, on_deliverable)
+        session = _Session(host, ctx, hook_ctx, on_deliverable, reconnect_timeout)
         await session.prepare()
         if before_execute is not None:
             await before_execute(hook_ctx)
@@ -140,8 +155,10 @@ class _Session:
         ctx: Any,
         hook_ctx: HookContext,
         on_deliverable: DeliverableCallback | None,
+        reconnect_timeout: float = RECONNECT_TIMEOUT,
     ) -> None:
         self._host = host
+        self._reconnect_timeout = reconnect_timeout
         self._ctx = ctx
         self._hook_ctx = hook_ctx
         self._on_deliverable = on_deliverable
@@ -221,13 +238,16 @@ class _Session:
     # ---------------------------------------------------------------- the tail
 
     async def _tail(self) -> None:
-        # Resume point for a future reconnect: just past the last line fully dispatched. (The
+        # After a lost connection, resume just past the last line fully dispatched. (The
         # splitter's offset may already be past lines of the current chunk still waiting to be
         # dispatched, so restarting there could lose them.)
-        try:
-            await self._follow(self._dispatched)
-        except HostConnectionError as exc:
-            raise SessionFailed(f"lost the log tail of {self._log_path}: {exc}") from exc
+        while True:
+            try:
+                await self._follow(self._dispatched)
+            except HostConnectionError as exc:
+                await self._reconnect(exc, "following the log")
+                continue
+            break
         if not self._done_seen:
             raise SessionFailed(f"the tail of {self._log_path} ended before the worker wrote DONE or ERROR")
 
@@ -280,9 +300,9 @@ class _Session:
             self._skip(path, str(exc))
             return
         try:
-            real = await self._host.realpath(absolute)
-        except HostConnectionError:
-            raise
+            real = await self._retrying(
+                f"checking deliverable {path!r}", lambda: self._host.realpath(absolute)
+            )
         except FileNotFoundError:
             self._skip(path, "it does not exist on the host")
             return
@@ -312,7 +332,9 @@ class _Session:
 
     async def _hand_over(self, relative: str, path: str) -> None:
         try:
-            text = await fetch_deliverable_text(self._host, path)
+            text = await self._retrying(
+                f"fetching deliverable {relative}", lambda: fetch_deliverable_text(self._host, path)
+            )
         except UnicodeDecodeError:
             self._ctx.report_progress(None, f"Deliverable {relative} is not UTF-8 text; skipping it")
             return
@@ -358,7 +380,7 @@ class _Session:
         dispatching (say, waiting for room in a full deliverable queue behind a
         slow ``on_deliverable``) does not count: that is progress, not a stall.
         """
-        size = await self._host.file_size(self._log_path)
+        size = await self._retrying("checking the log", lambda: self._host.file_size(self._log_path))
         if size is None:
             return False
         loop = asyncio.get_running_loop()
@@ -376,6 +398,38 @@ class _Session:
                 async with asyncio.timeout(remaining):
                     await self._progress.wait()
         return True
+
+    # ---------------------------------------------------------------- lost connections
+
+    async def _retrying(self, what: str, operation: Callable[[], Awaitable[_T]]) -> _T:
+        """``operation()``, run again after reconnecting whenever the connection was lost."""
+        while True:
+            try:
+                return await operation()
+            except HostConnectionError as exc:
+                await self._reconnect(exc, what)
+
+    async def _reconnect(self, cause: HostConnectionError, what: str) -> None:
+        """Return once the host answers again; ``SessionFailed`` after ``reconnect_timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._reconnect_timeout
+        self._ctx.report_progress(None, f"Lost the connection to the host while {what}; reconnecting")
+        while True:
+            try:
+                # Any operation reconnects; this one is cheap and tells us the host answers.
+                await self._host.file_size(self._log_path)
+            except HostConnectionError as exc:
+                cause = exc
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise SessionFailed(
+                        f"lost the connection to the host while {what} and could not get it back "
+                        f"within {self._reconnect_timeout:g}s: {cause}"
+                    ) from cause
+                await asyncio.sleep(min(_RECONNECT_PAUSE, remaining))
+                continue
+            self._ctx.report_progress(None, "Reconnected to the host")
+            return
 
     # ---------------------------------------------------------------- cancellation
 

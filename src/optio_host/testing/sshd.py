@@ -17,6 +17,7 @@ import getpass
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -78,6 +79,32 @@ def _ensure_test_account() -> str:
     # A locked account ("!" password) refuses even key logins when PAM is off.
     subprocess.run(["usermod", "-p", "*", TEST_ACCOUNT], check=True)
     return TEST_ACCOUNT
+
+
+def _sshd_descendants(root: int) -> list[int]:
+    """The sshd processes below ``root`` (its per-connection monitors and session processes)."""
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry))
+        names[int(entry)] = name
+    found: list[int] = []
+    pending = list(children.get(root, []))
+    while pending:
+        pid = pending.pop()
+        if names.get(pid) == "sshd":
+            found.append(pid)
+            pending.extend(children.get(pid, []))
+    return found
 
 
 @dataclass
@@ -234,10 +261,12 @@ class SshServer:
         raise RuntimeError(f"sshd did not start listening within {_START_TIMEOUT}s")
 
     def stop(self) -> None:
-        """Stop the listener (existing sessions end as well)."""
-        process, self._process = self._process, None
+        """Stop the server: the listener and every connection (as if sshd were killed)."""
+        process = self._process
         if process is None:
             return
+        self.kill_connections()
+        self._process = None
         if process.poll() is None:
             process.terminate()
             try:
@@ -247,10 +276,15 @@ class SshServer:
                 process.wait(5)
 
     def kill_connections(self) -> None:
-        """Kill every per-connection sshd child (clients see the connection drop)."""
+        """Kill every per-connection sshd process: clients see their connections drop at once.
+
+        The commands those connections started are left running (as after a network cut).
+        """
         if self._process is None:
             return
-        subprocess.run(["pkill", "-KILL", "-P", str(self._process.pid)], check=False)
+        for pid in _sshd_descendants(self._process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def restart(self, *, new_host_key: bool = False) -> None:
         """Stop and start again on the same port, optionally with a fresh host key."""

@@ -1,0 +1,59 @@
+"""The ``optio-host`` command: run commands, move files, forward ports and run sessions on a host.
+
+Every subcommand works on this machine by default and on a remote host with
+``--ssh USER@HOST[:PORT]`` (``-i KEY``, ``--known-hosts FILE``, ``--accept-new``).
+Options go after the subcommand, a command after ``--``::
+
+    optio-host run --ssh me@box -- uname -a
+    optio-host demo
+
+Exit codes: the command's own for ``run`` (124 on timeout), 0/1 otherwise,
+2 for usage errors, 130 after Ctrl-C, 255 when the host cannot be reached
+(like ssh). Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+
+from optio_host.cli._run import run
+from optio_host.cli._session import demo, session
+from optio_host.cli._transfer import get, put
+from optio_host.cli._tunnel import tunnel
+
+__all__ = ["cli", "main"]
+
+#: Like most Unix tools (and click): a bad command line.
+EXIT_USAGE = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="optio-host", prog_name="optio-host")
+def cli() -> None:
+    """Run work on this machine or over SSH: commands, files, port forwards, log-protocol sessions."""
+
+
+for _command in (run, put, get, session, tunnel, demo):
+    cli.add_command(_command)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: run the command line and exit with its code."""
+    try:
+        code = cli.main(
+            args=list(argv) if argv is not None else None, prog_name="optio-host", standalone_mode=False
+        )
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "optio-host"
+        message = " ".join(exc.format_message().split())
+        print(f"{where}: {message} (see '{where} --help')", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        print(f"optio-host: {' '.join(exc.format_message().split())}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

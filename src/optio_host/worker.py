@@ -1,0 +1,176 @@
+"""Helpers for Python workers that speak the log protocol.
+
+A worker is the long-running program a session starts on the host. It talks
+back by appending lines to ``<workdir>/optio.log``; the session driver
+follows that file. The functions here each append exactly one line::
+
+    from optio_host import worker
+
+    worker.status("Loading data", percent=10)
+    worker.deliverable("out/report.txt")   # copied into deliverables/
+    worker.done("3 files processed")
+
+The raw format, for workers in any language (one line each, UTF-8)::
+
+    STATUS: <text>            progress message, no percent
+    STATUS: <N>% <text>       N is 0-100 (1-3 digits)
+    DELIVERABLE: <path>       a file under <workdir>/deliverables/ (relative to the workdir, or absolute)
+    DONE                      success; DONE: <summary> adds a summary
+    ERROR                     failure; ERROR: <message> adds a reason
+
+From a shell script (``printf '%s\\n'`` rather than ``echo``, which may
+mangle backslashes in a message)::
+
+    log=${OPTIO_LOG:-optio.log}
+    printf '%s\\n' "STATUS: 50% half way" >> "$log"
+    mkdir -p deliverables && cp result.csv deliverables/
+    printf '%s\\n' "DELIVERABLE: deliverables/result.csv" >> "$log"
+    printf '%s\\n' "DONE: all good" >> "$log"
+
+Rules these helpers follow (and a worker in another language should too):
+
+- Write each line with one ``write`` on a file opened for appending
+  (``O_APPEND``, ``>>`` in a shell): concurrent writers then never interleave
+  inside a line.
+- A message must not contain a line break, or its tail would be read as a
+  line of its own (and could forge a ``DONE``). The helpers replace every
+  line break (``\\n``, ``\\r`` and the other characters ``str.splitlines``
+  splits on) with a space.
+- A message without a percent that itself starts with ``<digits>%`` is read
+  as carrying that percent.
+- Copy a deliverable into place completely before writing its line.
+
+The log is found from ``$OPTIO_LOG`` (the ``optio-host session`` command sets
+it), else ``./optio.log``, else the nearest ``optio.log`` in a parent folder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+import shutil
+
+__all__ = ["LOG_ENV", "deliverable", "done", "error", "find_log", "status"]
+
+#: Environment variable naming the log file; set for workers started by ``optio-host session``.
+LOG_ENV = "OPTIO_LOG"
+LOG_NAME = "optio.log"
+DELIVERABLES = "deliverables"
+
+# Everything str.splitlines() breaks on, so no reader can see a second line.
+_LINE_BREAKS = re.compile("\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def find_log() -> str:
+    """The absolute path of the log to append to (see the module docstring for the search)."""
+    from_env = os.environ.get(LOG_ENV, "")
+    if from_env:
+        return os.path.abspath(from_env)
+    folder = os.getcwd()
+    while True:
+        candidate = os.path.join(folder, LOG_NAME)
+        if os.path.isfile(candidate):
+            return candidate
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            raise FileNotFoundError(
+                f"no {LOG_NAME} found in {os.getcwd()} or any parent folder; run the worker in the "
+                f"session's workdir or set {LOG_ENV} to the log's path"
+            )
+        folder = parent
+
+
+def _one_line(text: str) -> str:
+    return _LINE_BREAKS.sub(" ", text)
+
+
+def _append(line: str) -> None:
+    data = (line + "\n").encode("utf-8", errors="surrogateescape")
+    fd = os.open(find_log(), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        # One write keeps the line whole against concurrent appenders; a regular file
+        # takes it all at once, the loop only guards against a short write (disk full).
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def _clamp(percent: float) -> int:
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)):
+        raise TypeError(f"percent must be a number, not {type(percent).__name__}")
+    if math.isnan(percent):
+        raise ValueError("percent must be a number, not NaN")
+    return max(0, min(100, round(percent)))
+
+
+def status(message: str, percent: float | None = None) -> None:
+    """Report progress: ``STATUS: [N% ]message``. ``percent`` is rounded and clamped to 0-100."""
+    text = _one_line(str(message))
+    if percent is None:
+        _append(f"STATUS: {text}")
+    else:
+        _append(f"STATUS: {_clamp(percent)}% {text}")
+
+
+def done(summary: str | None = None) -> None:
+    """Declare success (``DONE`` or ``DONE: summary``); the session ends after pending deliverables."""
+    _append(f"DONE: {_one_line(summary)}" if summary else "DONE")
+
+
+def error(message: str | None = None) -> None:
+    """Declare failure (``ERROR`` or ``ERROR: message``); the session fails with that message."""
+    _append(f"ERROR: {_one_line(message)}" if message else "ERROR")
+
+
+def deliverable(path: str | os.PathLike[str], *, name: str | None = None) -> str:
+    """Hand over a file; returns the path written on the ``DELIVERABLE`` line.
+
+    A file already under ``<workdir>/deliverables/`` is announced where it is.
+    Any other file is first copied (completely, then renamed into place) to
+    ``deliverables/<name>``, ``name`` defaulting to the file's own name.
+    """
+    folder = os.path.join(os.path.realpath(os.path.dirname(find_log())), DELIVERABLES)
+    source = os.path.realpath(path)
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"deliverable {os.fspath(path)!r} is not an existing file")
+    in_place = None
+    if os.path.commonpath([source, folder]) == folder:
+        in_place = os.path.relpath(source, folder).replace(os.sep, "/")
+    if name is None and in_place is not None:
+        relative = in_place
+    else:
+        relative = _relative_name(name if name is not None else os.path.basename(os.fspath(path)))
+    line_path = f"{DELIVERABLES}/{relative}"
+    if _one_line(line_path) != line_path or line_path != line_path.strip():
+        raise ValueError(
+            f"deliverable path {line_path!r} cannot be written on one log line (line break, or "
+            "white space at either end); pass name= to give the copy a plain name"
+        )
+    if relative != in_place:
+        _copy(source, os.path.join(folder, relative))
+    _append(f"DELIVERABLE: {line_path}")
+    return line_path
+
+
+def _relative_name(name: str) -> str:
+    relative = os.path.normpath(name)
+    if not name or os.path.isabs(name) or relative.split(os.sep)[0] in (os.pardir, os.curdir):
+        raise ValueError(f"deliverable name must be a relative path inside deliverables/, got {name!r}")
+    return relative.replace(os.sep, "/")
+
+
+def _copy(source: str, target: str) -> None:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    # Copy under a temporary name and rename, so the driver never fetches half a file.
+    temp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{secrets.token_hex(6)}.tmp")
+    try:
+        shutil.copyfile(source, temp)
+        os.replace(temp, target)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise

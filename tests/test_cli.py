@@ -1,0 +1,686 @@
+"""The ``optio-host`` command, driven for real as a subprocess, on this machine and over SSH."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from optio_host.cli import main
+from optio_host.cli._session import _Saver
+from optio_host.cli._target import parse_ssh_target
+from optio_host.testing import SshServer
+
+CLI = [sys.executable, "-m", "optio_host"]
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OPTIO_")}
+    env.update(extra or {})
+    return env
+
+
+def cli(
+    *args: str, cwd: Path | str | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the command with pipes (so: not a terminal) and capture everything."""
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=_env(env),
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def cli_many(*commands: list[str], cwd: Path | str | None = None) -> list[subprocess.CompletedProcess[str]]:
+    """Run several independent command lines at once (each start costs most of a second)."""
+    processes = [
+        subprocess.Popen(
+            [*CLI, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            cwd=cwd,
+            env=_env(),
+        )
+        for args in commands
+    ]
+    results = []
+    for args, process in zip(commands, processes, strict=True):
+        with process:
+            stdout, stderr = process.communicate(timeout=60)
+        results.append(subprocess.CompletedProcess(args, process.returncode, stdout, stderr))
+    return results
+
+
+def ssh_args(sshd: SshServer, *, known_hosts: str | None = None) -> list[str]:
+    return [
+        "--ssh",
+        f"{sshd.user}@127.0.0.1:{sshd.port}",
+        "-i",
+        sshd.key_path,
+        "--known-hosts",
+        known_hosts or sshd.known_hosts,
+    ]
+
+
+def assert_plain(*texts: str) -> None:
+    for text in texts:
+        assert "\x1b" not in text, f"control codes in non-terminal output: {text!r}"
+
+
+def assert_one_line_error(stderr: str, *fragments: str) -> None:
+    assert stderr.endswith("\n"), f"not one line: {stderr!r}"
+    assert stderr.count("\n") == 1, f"not one line: {stderr!r}"
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in stderr
+
+
+@dataclass
+class Target:
+    """A host for the CLI: its options and a folder there the login may write to."""
+
+    args: list[str]
+    folder: str
+    remote: bool
+
+    def path(self, name: str) -> str:
+        # Remote tests share one scratch folder owned by the sshd account: names must be unique.
+        return os.path.join(self.folder, f"{uuid.uuid4().hex[:8]}-{name}")
+
+
+@pytest.fixture(params=["local", "remote"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
+    if request.param == "local":
+        folder = tmp_path / "host"
+        folder.mkdir()
+        return Target([], str(folder), remote=False)
+    sshd: SshServer = request.getfixturevalue("optio_sshd")
+    return Target(ssh_args(sshd), sshd.scratch, remote=True)
+
+
+def unique_sleep() -> str:
+    """A ``sleep`` argument nothing else on the machine uses, to find the process with pgrep."""
+    return f"4000.{random.randrange(10**8, 10**9)}"
+
+
+def _pgrep(pattern: str) -> str:
+    return subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True, check=False).stdout
+
+
+def processes_matching(pattern: str, within: float = 5.0) -> str:
+    """``pgrep -af pattern`` once it is empty, or its last output after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while (found := _pgrep(pattern)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def wait_running(pattern: str, within: float = 10.0) -> str:
+    """``pgrep -af pattern`` once something matches (empty if nothing did within ``within`` s)."""
+    deadline = time.monotonic() + within
+    while not (found := _pgrep(pattern)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_console_script_and_module_both_work() -> None:
+    script = shutil.which("optio-host", path=os.path.dirname(sys.executable)) or shutil.which("optio-host")
+    if script is None:
+        pytest.skip("the optio-host console script is not installed next to this Python")
+    version = subprocess.run([script, "--version"], capture_output=True, text=True, check=False)
+    assert version.returncode == 0
+    assert version.stdout.startswith("optio-host, version ")
+    listing, unknown = cli_many(["--help"], ["frobnicate"])
+    assert listing.returncode == 0
+    for command in ("run", "put", "get", "session", "tunnel", "demo"):
+        assert re.search(rf"^\s+{command}\s", listing.stdout, re.MULTILINE)
+    assert unknown.returncode == 2
+    assert_one_line_error(unknown.stderr, "frobnicate", "optio-host --help")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("me@box", ("me", "box", 22)),
+        ("me@box:2222", ("me", "box", 2222)),
+        ("box", ("", "box", 22)),
+        ("box:2200", ("", "box", 2200)),
+        ("me@[::1]:2222", ("me", "::1", 2222)),
+        ("::1", ("", "::1", 22)),
+        ("a@b@box", ("a@b", "box", 22)),
+    ],
+)
+def test_ssh_target_forms(value: str, expected: tuple[str, str, int]) -> None:
+    assert parse_ssh_target(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["", "@box", "me@", "me@box:", "me@box:0", "me@box:70000", "me@box:x", "-oProxy"]
+)
+def test_bad_ssh_targets_are_refused(value: str) -> None:
+    with pytest.raises(ValueError, match=r"PORT|port|user|IPv6"):
+        parse_ssh_target(value)
+
+
+USAGE_ERRORS = [
+    (["run"], "Missing argument"),
+    (["run", "--env", "1X=2", "--", "true"], "--env"),
+    (["run", "--ssh", "me@box:0", "--", "true"], "--ssh"),
+    (["run", "--accept-new", "--", "true"], "--ssh"),
+    (["put", "--sha256", "abc", "a", "b"], "--sha256"),
+    (["tunnel", "99999"], "REMOTE_PORT"),
+    (["frobnicate"], "frobnicate"),
+]
+
+
+@pytest.mark.parametrize(("args", "fragment"), USAGE_ERRORS)
+def test_usage_errors_exit_2_with_one_line(
+    args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In-process (parsing only, nothing runs); the console script's own path is checked above.
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert_one_line_error(captured.err, fragment)
+
+
+# ---------------------------------------------------------------- run
+
+
+def test_run_streams_both_outputs_and_returns_the_exit_code(target: Target) -> None:
+    # Without "--" too: everything after the command's name is its own, options included.
+    result = cli("run", *target.args, "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert result.returncode == 3
+    assert result.stdout == "out\n"
+    assert result.stderr == "err\n"
+
+
+def test_run_passes_argv_verbatim(target: Target) -> None:
+    args = ["a b", "$HOME", "it's", ";ls", "`id`", "-n", ""]
+    result = cli("run", *target.args, "--", "printf", "<%s>", *args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "".join(f"<{arg}>" for arg in args)
+
+
+def test_run_in_a_private_folder_that_is_removed_after(target: Target) -> None:
+    result = cli("run", *target.args, "--", "pwd")
+    assert result.returncode == 0, result.stderr
+    folder = result.stdout.strip()
+    assert "optio-host-" in folder
+    assert not os.path.exists(folder)  # the remote host is this machine too
+
+
+def test_run_with_cwd_and_env(target: Target) -> None:
+    result = cli(
+        "run",
+        *target.args,
+        "--cwd",
+        target.folder,
+        "--env",
+        "GREETING=hi there",
+        "--env",
+        "EMPTY=",
+        "--",
+        "sh",
+        "-c",
+        'pwd; printf "%s|%s\\n" "$GREETING" "$EMPTY"',
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{target.folder}\nhi there|\n"
+
+
+def test_run_errors_are_one_line(target: Target) -> None:
+    missing_cwd, unknown = cli_many(
+        ["run", *target.args, "--cwd", "/no/such/folder", "--", "true"],
+        ["run", *target.args, "--", "no-such-program-optio"],
+    )
+    assert missing_cwd.returncode == 1
+    assert_one_line_error(missing_cwd.stderr, "/no/such/folder")
+    assert unknown.returncode == 127
+    assert_one_line_error(unknown.stderr, "no-such-program-optio", "not found")
+
+
+@pytest.mark.timeout(30)
+def test_run_timeout_kills_the_tree_and_exits_124(target: Target) -> None:
+    sleep = unique_sleep()
+    result = cli("run", *target.args, "--timeout", "0.5", "--", "sh", "-c", f"sleep {sleep} & wait")
+    assert result.returncode == 124
+    assert_one_line_error(result.stderr, "timed out after 0.5 s")
+    assert processes_matching(re.escape(sleep)) == ""
+
+
+# ---------------------------------------------------------------- connection errors
+
+
+@pytest.mark.timeout(30)
+def test_unknown_host_key_names_the_fingerprint_and_accept_new_records_it(
+    optio_sshd: SshServer, tmp_path: Path
+) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    listed = subprocess.run(
+        ["ssh-keygen", "-lf", optio_sshd.host_key_path + ".pub"], capture_output=True, text=True, check=True
+    )
+    fingerprint = listed.stdout.split()[1]
+    assert fingerprint.startswith("SHA256:")
+
+    refused = cli("run", *ssh_args(optio_sshd, known_hosts=str(known_hosts)), "--", "true")
+    assert refused.returncode == 255
+    assert_one_line_error(refused.stderr, fingerprint, "--accept-new", "not trusted")
+    assert known_hosts.read_text() == ""
+
+    accepted = cli("run", *ssh_args(optio_sshd, known_hosts=str(known_hosts)), "--accept-new", "--", "true")
+    assert accepted.returncode == 0, accepted.stderr
+    assert optio_sshd.host_public_key().split()[1] in known_hosts.read_text()
+
+    other = tmp_path / "other_known_hosts"
+    by_env = cli(
+        "run",
+        *ssh_args(optio_sshd, known_hosts=str(other)),
+        "--",
+        "true",
+        env={"OPTIO_HOST_KEY_POLICY": "accept-new"},
+    )
+    assert by_env.returncode == 0, by_env.stderr
+    assert other.exists()
+
+
+@pytest.mark.timeout(30)
+def test_authentication_failure_is_one_line_255(optio_sshd: SshServer, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    args = ssh_args(optio_sshd)
+    args[args.index("-i") + 1] = str(stranger)
+    result = cli("run", *args, "--", "true")
+    assert result.returncode == 255
+    assert_one_line_error(result.stderr, "refused authentication")
+
+
+def test_connection_refused_is_one_line_255(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again below: nothing listens there
+    result = cli("run", "--ssh", f"nobody@127.0.0.1:{port}", "--", "true")
+    assert result.returncode == 255
+    assert_one_line_error(result.stderr, "could not connect", str(port))
+
+
+def test_ssh_accepts_an_alias_from_ssh_config(optio_sshd: SshServer, tmp_path: Path) -> None:
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text(
+        f"Host testbox\n  HostName 127.0.0.1\n  Port {optio_sshd.port}\n"
+        f"  User {optio_sshd.user}\n  IdentityFile {optio_sshd.key_path}\n"
+    )
+    result = cli(
+        "run", "--ssh", "testbox", "--known-hosts", optio_sshd.known_hosts, "--", "id", "-un",
+        env={"HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{optio_sshd.user}\n"
+
+
+def test_missing_identity_file_is_one_line(tmp_path: Path) -> None:
+    result = cli("run", "--ssh", "me@127.0.0.1", "-i", str(tmp_path / "nope"), "--", "true")
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "identity file not found")
+
+
+# ---------------------------------------------------------------- put / get
+
+
+def test_put_and_get_round_trip_with_checksums(target: Target, tmp_path: Path) -> None:
+    data = random.randbytes(700_000)
+    digest = hashlib.sha256(data).hexdigest()
+    source = tmp_path / "payload.bin"
+    source.write_bytes(data)
+    remote = target.path("payload.bin")
+
+    put = cli("put", *target.args, "--sha256", digest, str(source), remote)
+    assert put.returncode == 0, put.stderr
+    assert Path(remote).read_bytes() == data  # reading is fine: the remote host is this machine
+    assert put.stdout.count("\n") == 1
+    assert remote in put.stdout
+    assert "700.0 kB" in put.stdout
+
+    back = tmp_path / "back" / "payload.bin"
+    got = cli("get", *target.args, "--sha256", digest.upper(), remote, str(back))
+    assert got.returncode == 0, got.stderr
+    assert back.read_bytes() == data
+    assert_plain(put.stdout, put.stderr, got.stdout, got.stderr)
+
+
+def test_put_into_a_folder_keeps_the_name(target: Target, tmp_path: Path) -> None:
+    name = f"{uuid.uuid4().hex[:8]}-named.txt"
+    source = tmp_path / name
+    source.write_text("hello\n")
+    result = cli("put", *target.args, str(source), target.folder + "/")
+    assert result.returncode == 0, result.stderr
+    assert Path(target.folder, name).read_text() == "hello\n"
+
+
+def test_checksum_mismatch_leaves_no_file_behind(target: Target, tmp_path: Path) -> None:
+    source = tmp_path / "data.txt"
+    source.write_text("the real content\n")
+    wrong = "0" * 64
+    remote = target.path("data.txt")
+    original = target.path("original.txt")
+    put, put_original = cli_many(
+        ["put", *target.args, "--sha256", wrong, str(source), remote],
+        ["put", *target.args, str(source), original],
+    )
+    assert put_original.returncode == 0
+    assert put.returncode == 1
+    assert_one_line_error(put.stderr, wrong, hashlib.sha256(b"the real content\n").hexdigest())
+    assert not os.path.exists(remote)
+    assert [name for name in os.listdir(target.folder) if "data.txt" in name] == []
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    got = cli("get", *target.args, "--sha256", wrong, original, str(landing / "copy.txt"))
+    assert got.returncode == 1
+    assert_one_line_error(got.stderr, "mismatch", wrong)
+    assert os.listdir(landing) == []
+
+
+def test_missing_files_are_one_line_errors(target: Target, tmp_path: Path) -> None:
+    missing_remote, missing_local = cli_many(
+        ["get", *target.args, target.path("absent.txt"), str(tmp_path / "x")],
+        ["put", *target.args, str(tmp_path / "absent-here.txt"), target.path("x")],
+    )
+    assert missing_remote.returncode == 1
+    assert_one_line_error(missing_remote.stderr, "absent.txt", "no such file")
+    assert missing_local.returncode == 1
+    assert_one_line_error(missing_local.stderr, "absent-here.txt")
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------- session
+
+WORKER = r"""#!/bin/sh
+log=${OPTIO_LOG:?OPTIO_LOG is not set}
+echo "worker says hi"
+echo "worker warns" >&2
+printf 'STATUS: 10%% starting\n' >> "$log"
+printf 'STATUS: half way there\n' >> "$log"
+mkdir -p deliverables/sub
+printf 'alpha\n' > deliverables/a.txt
+printf 'b\303\251ta \342\234\223\n' > deliverables/sub/b.txt
+echo "DELIVERABLE: deliverables/a.txt" >> "$log"
+echo "DELIVERABLE: deliverables/sub/b.txt" >> "$log"
+printf 'STATUS: 90%% wrapping up\n' >> "$log"
+echo "DONE: all fine" >> "$log"
+"""
+
+
+@pytest.fixture
+def worker_script(tmp_path: Path) -> Path:
+    path = tmp_path / "worker.sh"
+    path.write_text(WORKER)
+    return path
+
+
+def test_session_reports_progress_and_saves_deliverables(
+    target: Target, tmp_path: Path, worker_script: Path
+) -> None:
+    out = tmp_path / "out"
+    result = cli(
+        "session",
+        *target.args,
+        "--out",
+        str(out),
+        "--upload",
+        str(worker_script),
+        "--",
+        "sh",
+        "worker.sh",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert_plain(result.stdout, result.stderr)
+    lines = result.stdout.splitlines()
+    assert lines[:2] == [" 10% starting", "     half way there"]
+    assert " 90% wrapping up" in lines
+    assert "     all fine" in lines
+    assert "saved out/a.txt (6 bytes)" in lines
+    assert lines[-1] == "done: 2 deliverable(s) saved in out"
+    assert (out / "a.txt").read_text() == "alpha\n"
+    assert (out / "sub" / "b.txt").read_text() == "béta ✓\n"
+    # The worker's own output goes to stderr, as it came.
+    assert "worker says hi\n" in result.stderr
+    assert "worker warns\n" in result.stderr
+
+
+def test_session_failures_exit_1_with_one_line(target: Target, tmp_path: Path) -> None:
+    reports_error = (
+        'printf "STATUS: 5%% trying\\n" >> "$OPTIO_LOG"; echo "ERROR: disk on fire" >> "$OPTIO_LOG"'
+    )
+    exits_early = 'echo "STATUS: 50% half" >> "$OPTIO_LOG"; exit 3'
+    out = str(tmp_path / "o")
+    error, early, missing = cli_many(
+        ["session", *target.args, "--out", out, "--", "sh", "-c", reports_error + "; exit 1"],
+        ["session", *target.args, "--out", out, "--", "sh", "-c", exits_early],
+        ["session", *target.args, "--out", out, "--", "./no-such-worker"],
+    )
+    assert error.returncode == 1
+    assert_one_line_error(error.stderr, "disk on fire")
+    assert error.stdout == "  5% trying\n"
+    assert early.returncode == 1
+    assert_one_line_error(early.stderr, "DONE", "exit code 3")
+    assert missing.returncode == 1
+    assert_one_line_error(missing.stderr, "no-such-worker", "not found")
+    assert not (tmp_path / "o").exists()
+
+
+def test_session_missing_upload_is_one_line(tmp_path: Path) -> None:
+    result = cli("session", "--upload", str(tmp_path / "gone.sh"), "--", "true")
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "gone.sh")
+
+
+class _QuietView:
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+async def test_deliverables_are_never_written_outside_the_output_folder(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    saver = _Saver(str(out), _QuietView())  # type: ignore[arg-type]
+    for bad in ("../escape.txt", "/etc/passwd-copy", "sub/../../escape.txt"):
+        with pytest.raises(ValueError, match="outside"):
+            await saver(None, bad, "x")  # type: ignore[arg-type]
+    out.mkdir(exist_ok=True)
+    (out / "link").symlink_to(outside)
+    with pytest.raises(ValueError, match="symlink"):
+        await saver(None, "link/sub/file.txt", "x")  # type: ignore[arg-type]
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path / "escape.txt").exists()
+    await saver(None, "fine/ok.txt", "ok")  # type: ignore[arg-type]
+    assert (out / "fine" / "ok.txt").read_text() == "ok"
+    assert saver.failed == ["../escape.txt", "/etc/passwd-copy", "sub/../../escape.txt", "link/sub/file.txt"]
+
+
+# ---------------------------------------------------------------- demo
+
+
+@pytest.mark.timeout(60)
+def test_demo_runs_the_bundled_worker(target: Target, tmp_path: Path) -> None:
+    result = cli("demo", *target.args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert_plain(result.stdout, result.stderr)
+    out = tmp_path / "demo-deliverables"
+    assert sorted(str(path.relative_to(out)) for path in out.rglob("*") if path.is_file()) == [
+        "data.csv",
+        "meta/summary.json",
+        "report.txt",
+    ]
+    assert (out / "data.csv").read_text().splitlines()[:3] == ["n,square,cube", "1,1,1", "2,4,8"]
+    assert "sum 1..20:   210" in (out / "report.txt").read_text()
+    statuses = [line for line in result.stdout.splitlines() if re.match(r"^\s*\d+% Step", line)]
+    assert len(statuses) == 10
+    assert statuses[-1] == "100% Step 10/10: finished"
+    assert result.stdout.splitlines()[-1] == "done: 3 deliverable(s) saved in demo-deliverables"
+
+
+# ---------------------------------------------------------------- tunnel
+
+
+@pytest.fixture
+def greeting_server() -> Iterator[int]:
+    """A TCP server on 127.0.0.1 that greets each connection; yields its port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            with connection:
+                connection.sendall(b"hello through the tunnel\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone does not
+        server.close()
+        thread.join(5)
+
+
+@pytest.mark.timeout(30)
+def test_tunnel_forwards_until_interrupted(target: Target, greeting_server: int) -> None:
+    with subprocess.Popen(
+        [*CLI, "tunnel", *target.args, str(greeting_server)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    ) as process:
+        try:
+            assert process.stdout is not None
+            port = int(process.stdout.readline())
+            if target.remote:
+                assert port != greeting_server
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+                received = b""
+                while not received.endswith(b"\n") and (chunk := connection.recv(100)):
+                    received += chunk
+            assert received == b"hello through the tunnel\n"
+            process.send_signal(signal.SIGINT)
+            assert process.wait(15) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert process.stderr is not None
+        assert "Traceback" not in process.stderr.read()
+
+
+# ---------------------------------------------------------------- on a terminal
+
+
+def spawn(*args: str) -> pexpect.spawn:
+    return pexpect.spawn(
+        sys.executable,
+        ["-m", "optio_host", *args],
+        env=_env({"TERM": "xterm-256color", "COLUMNS": "100", "LINES": "30"}),
+        dimensions=(30, 100),
+        timeout=30,
+    )
+
+
+@pytest.mark.timeout(60)
+def test_session_on_a_terminal_shows_a_live_bar_and_ctrl_c_stops_the_worker_tree(
+    target: Target, tmp_path: Path
+) -> None:
+    sleep = unique_sleep()
+    script = f"printf 'STATUS: 25%% phase one\\n' >> \"$OPTIO_LOG\"; echo worker-output; sleep {sleep} & wait"
+    child = spawn("session", *target.args, "--out", str(tmp_path / "o"), "--", "sh", "-c", script)
+    child.expect("worker-output")
+    child.expect("phase one")
+    child.expect("25%")
+    child.expect("━".encode())  # the bar itself
+    shown = child.before + child.after
+    assert b"\x1b[" in shown  # a live display, not plain lines
+    assert wait_running(re.escape(sleep)) != ""
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+    assert b"interrupted" in child.before
+    assert b"Traceback" not in child.before
+    assert processes_matching(re.escape(sleep)) == ""
+
+
+@pytest.mark.timeout(30)
+def test_session_on_a_terminal_finishes_with_a_summary(tmp_path: Path, worker_script: Path) -> None:
+    child = spawn(
+        "session", "--out", str(tmp_path / "out"), "--upload", str(worker_script), "--", "sh", "worker.sh"
+    )
+    child.expect("starting")
+    child.expect("saved .*a.txt")
+    child.expect("done: 2 deliverable")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert (tmp_path / "out" / "sub" / "b.txt").exists()
+
+
+@pytest.mark.timeout(30)
+def test_put_on_a_terminal_shows_bytes_and_rate(tmp_path: Path) -> None:
+    source = tmp_path / "two-megabytes.bin"
+    source.write_bytes(random.randbytes(2_000_000))
+    child = spawn("put", str(source), str(tmp_path / "copy.bin"))
+    child.expect(rb"put two-megabytes\.bin .*2\.0/2\.0 MB.*B/s")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
+
+
+@pytest.mark.timeout(60)
+def test_run_on_a_terminal_streams_and_ctrl_c_stops_the_tree(target: Target) -> None:
+    sleep = unique_sleep()
+    child = spawn("run", *target.args, "--", "sh", "-c", f"echo ready; sleep {sleep} & wait")
+    child.expect("ready")  # shown while the command still runs
+    assert wait_running(re.escape(sleep)) != ""
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+    assert b"Traceback" not in child.before
+    assert processes_matching(re.escape(sleep)) == ""
