@@ -494,3 +494,11 @@ async def test_tail_ends_when_the_host_disconnects(host: Host) -> None:
     await asyncio.wait_for(follower, 10)  # ends by itself, no exception
     assert seen == ["only"]
     await host.disconnect()  # idempotent
+
+
+async def test_fetch_of_a_multi_block_file_is_complete(host: Host) -> None:
+    # Sizes that are and are not multiples of the page size, above a few file system blocks.
+    for size in (1 << 20, (1 << 20) + 12345):
+        payload = os.urandom(size)
+        await host.put_file_to_host(payload, host.workdir + "/blocks.bin")
+        assert sha256(await host.fetch_bytes_from_host(host.workdir + "/blocks.bin")) == sha256(payload)

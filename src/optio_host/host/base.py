@@ -457,7 +457,10 @@ class BaseHost(ABC):
         mode: int | None,
         before_commit: Callable[[], None],
     ) -> None:
-        """Write to an unpredictable temporary name beside ``target``, then rename."""
+        """Write to an unpredictable temporary name beside ``target``, then rename.
+
+        ``before_commit`` runs after the last chunk and may raise to abandon the write.
+        """
 
     @abstractmethod
     async def _read_file(self, path: str) -> tuple[int, AsyncIterator[bytes]]:
