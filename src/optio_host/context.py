@@ -22,7 +22,7 @@ from bson import ObjectId
 from optio_host._streams import CHUNK_SIZE
 from optio_host.download import create_download_task
 from optio_host.errors import HostCommandError
-from optio_host.host.base import FileSource, Host
+from optio_host.host.interface import FileSource, Host
 from optio_host.process import RunResult
 
 __all__ = ["HookContext", "HookContextProtocol", "HostCommandError", "RunResult"]

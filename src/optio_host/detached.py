@@ -20,10 +20,10 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from optio_host.errors import HostConnectionError
-from optio_host.quoting import validate_argv
+from optio_host.quoting import script_argv, validate_argv
 
 if TYPE_CHECKING:
-    from optio_host.host.base import Host
+    from optio_host.host.interface import Host
 
 __all__ = ["KILLED", "DetachedProcess", "launch_detached"]
 
@@ -102,7 +102,7 @@ class DetachedProcess:
 
     async def _wait_at_most(self, tenths: int) -> int | None:
         """Exit code, or ``None`` if still running after ``tenths`` / 10 s (-1: no limit)."""
-        result = await self.host.run(["/bin/sh", "-c", _WAIT, "sh", self.state_dir, str(tenths)], cwd="/")
+        result = await self.host.run(script_argv(_WAIT, self.state_dir, str(tenths)), cwd="/")
         if result.exit_code != 0:
             raise FileNotFoundError(result.stderr.strip() or f"no detached process in {self.state_dir}")
         status = result.stdout.strip()
@@ -142,7 +142,7 @@ class DetachedProcess:
         await self._signal("KILL")
 
     async def _signal(self, name: str) -> None:
-        await self.host.run(["/bin/sh", "-c", _SIGNAL, "sh", self.state_dir, name], cwd="/")
+        await self.host.run(script_argv(_SIGNAL, self.state_dir, name), cwd="/")
 
 
 async def launch_detached(
@@ -165,7 +165,7 @@ async def launch_detached(
     if "/" in label or label in ("", ".", ".."):
         raise ValueError(f"detached process name must be a plain file name, got {label!r}")
     state = posixpath.join(host.taskdir, ".optio", "detached", label)
-    result = await host.run(["/bin/sh", "-c", _START, "sh", state, mode, *words], cwd=cwd, env=env)
+    result = await host.run(script_argv(_START, state, mode, *words), cwd=cwd, env=env)
     if result.exit_code != 0:
         raise OSError(f"could not start a detached process on the host: {result.stderr.strip()}")
     return DetachedProcess(host, state)

@@ -26,6 +26,7 @@ from optio_host.errors import DownloadFailed
 from optio_host.host.base import Host, checksum_mismatch, normalize_sha256
 from optio_host.host.local import LocalHost
 from optio_host.process import ProcessHandle
+from optio_host.quoting import script_argv
 
 if TYPE_CHECKING:
     from optio_core.models import TaskInstance
@@ -53,6 +54,7 @@ _COMMIT = r"""if [ -d "$2" ]; then
 fi
 exec mv -f -- "$1" "$2"
 """
+
 
 def create_download_task(
     process_id: str,
@@ -144,7 +146,7 @@ class _Download:
                     raise self._failed(None, str(mismatch)) from mismatch
             if not ctx.should_continue():
                 return  # cancelled while verifying: a cancelled download leaves no target
-            result = await host.run(["/bin/sh", "-c", _COMMIT, "sh", temp, self.target], cwd="/")
+            result = await host.run(script_argv(_COMMIT, temp, self.target), cwd="/")
             if result.exit_code != 0:
                 detail = result.stderr.strip() or f"mv exited with code {result.exit_code}"
                 raise self._failed(None, f"could not move the download into place: {detail}")

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 __all__ = [
     "NEWLINE_VAR",
+    "script_argv",
     "env_assignments_line",
     "join",
     "quote",
@@ -36,6 +37,14 @@ def quote(value: str) -> str:
 def join(argv: Sequence[str]) -> str:
     """Quote and join an argv list into one shell command line."""
     return " ".join(quote(arg) for arg in argv)
+
+
+def script_argv(script: str, *args: str) -> list[str]:
+    """argv that runs a fixed ``script`` under ``/bin/sh`` with ``args`` as ``$1``, ``$2``...
+
+    Values reach the script as positional parameters, never spliced into its text.
+    """
+    return ["/bin/sh", "-c", script, "sh", *args]
 
 
 def validate_argv(argv: Sequence[str]) -> list[str]:

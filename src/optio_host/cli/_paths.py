@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import posixpath
 
-from optio_host.host.base import Host
+from optio_host.host.interface import Host
 
 __all__ = ["host_path"]
 

@@ -18,7 +18,7 @@ from optio_host.cli._target import describe_target, env_option, host_options
 from optio_host.context import HookContext
 from optio_host.errors import SessionFailed
 from optio_host.host import make_host
-from optio_host.host.base import Host
+from optio_host.host.interface import Host
 from optio_host.process import ProcessHandle
 from optio_host.protocol import run_log_protocol_session
 from optio_host.types import SSHConfig

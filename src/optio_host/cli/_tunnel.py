@@ -10,7 +10,7 @@ import click
 from optio_host.cli._runner import Interrupt, Interrupted, run_async
 from optio_host.cli._target import describe_target, host_options
 from optio_host.host import make_host
-from optio_host.host.base import Host
+from optio_host.host.interface import Host
 from optio_host.types import SSHConfig
 
 __all__ = ["tunnel"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from optio_host.errors import HostCommandError
-from optio_host.host.base import Host
+from optio_host.host.interface import Host
 from optio_host.host.local import LocalHost
 from optio_host.host.remote import RemoteHost
 from optio_host.process import ProcessHandle, RunResult

@@ -1,4 +1,4 @@
-"""The ``Host`` interface, and everything both hosts share, written once.
+"""``BaseHost``: everything both hosts share, written once (the interface is in ``interface.py``).
 
 A backend (``LocalHost``, ``RemoteHost``) implements a small set of
 primitives: start a process, end a process tree, stream a file in and out,
@@ -20,130 +20,20 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import Self
 
 from optio_host._lines import LineSplitter, decode_line
 from optio_host._localfs import write_atomic
 from optio_host._streams import CHUNK_SIZE, ProgressCallback, Sha256Tap, iter_local_file
 from optio_host.detached import DetachedProcess, launch_detached
 from optio_host.errors import CommandTimeout, HostCommandError, HostNotConnected
+from optio_host.host.interface import Command, FileSource, Host
 from optio_host.process import ProcessHandle, RunResult
 
-__all__ = ["BaseHost", "Command", "FileSource", "Host"]
-
-#: A command: a shell string (run by ``/bin/sh -c``) or an argv sequence (run as is).
-Command = str | Sequence[str]
-
-#: What ``put_file_to_host`` accepts: a local path, bytes, or an async iterator of bytes.
-FileSource = str | os.PathLike[str] | bytes | bytearray | memoryview | AsyncIterator[bytes]
+__all__ = ["BaseHost", "Command", "FileSource", "Host"]  # the interface is re-exported here
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAGIC = re.compile(r"[*?\[]")
-
-
-@runtime_checkable
-class Host(Protocol):
-    """Where a task's work runs: this machine (``LocalHost``) or one reached over SSH.
-
-    ``taskdir`` is the task's own folder on the host and ``workdir`` is
-    ``taskdir + "/workdir"``. Relative paths given to host methods are
-    relative to ``workdir``.
-    """
-
-    @property
-    def taskdir(self) -> str: ...
-
-    @property
-    def workdir(self) -> str: ...
-
-    async def connect(self) -> None: ...
-    async def disconnect(self) -> None: ...
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-
-    async def setup_workdir(self) -> None: ...
-    async def write_text(self, relpath: str, content: str) -> None: ...
-    async def establish_tunnel(self, remote_port: int, *, bind_addr: str = "127.0.0.1") -> int: ...
-    def tail_file(self, absolute_path: str) -> AsyncIterator[str]: ...
-    def tail_bytes(self, absolute_path: str, *, offset: int = 0) -> AsyncIterator[bytes]: ...
-    async def cleanup_taskdir(self, aggressive: bool = False) -> None: ...
-
-    async def launch_subprocess(
-        self,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        merge_stderr: bool = True,
-        stdin: bool = False,
-    ) -> ProcessHandle: ...
-
-    async def terminate_subprocess(self, handle: ProcessHandle, *, aggressive: bool = False) -> None: ...
-
-    async def launch_detached(
-        self,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        name: str | None = None,
-    ) -> DetachedProcess: ...
-    async def remove_file(self, path: str) -> None: ...
-
-    async def put_file_to_host(
-        self,
-        source: FileSource,
-        absolute_target: str,
-        *,
-        expected_sha256: str | None = None,
-        skip_if_unchanged: bool = False,
-        progress_cb: ProgressCallback | None = None,
-    ) -> None: ...
-
-    async def fetch_bytes_from_host(
-        self, absolute_path: str, *, progress_cb: ProgressCallback | None = None
-    ) -> bytes: ...
-
-    async def fetch_file_from_host(
-        self,
-        absolute_path: str,
-        local_path: str | os.PathLike[str],
-        *,
-        progress_cb: ProgressCallback | None = None,
-    ) -> None: ...
-
-    async def run_command(
-        self,
-        command: str,
-        *,
-        cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> RunResult: ...
-
-    async def run(
-        self,
-        cmd: Command,
-        *,
-        cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
-        input: str | bytes | None = None,
-        timeout: float | None = None,
-        check: bool = False,
-    ) -> RunResult: ...
-
-    async def resolve_host_home(self) -> str: ...
-    async def glob(self, pattern: str) -> list[str]: ...
-    async def realpath(self, path: str) -> str: ...
-    async def file_size(self, path: str) -> int | None: ...
-    async def file_sha256(self, path: str) -> str | None: ...
-    def archive_workdir(self, exclude: Sequence[str] | None = None) -> AsyncIterator[bytes]: ...
-    async def restore_workdir(self, stream: AsyncIterator[bytes]) -> None: ...
 
 
 @dataclass

@@ -25,10 +25,11 @@ import asyncssh
 from optio_host._streams import CHUNK_SIZE
 from optio_host.archive import find_prune_expression, resolve_excludes, sanitize_archive
 from optio_host.errors import HostConnectionError, HostNotConnected
+from optio_host.host import _scripts as scripts
 from optio_host.host._ssh import Link, SessionPool, describe, translate_errors
 from optio_host.host.base import BaseHost, Command
 from optio_host.process import ProcessHandle
-from optio_host.quoting import env_assignments_line, join, validate_argv, validate_env
+from optio_host.quoting import env_assignments_line, script_argv, validate_argv, validate_env
 from optio_host.types import SSHConfig
 
 __all__ = ["RemoteHost"]
@@ -37,85 +38,6 @@ _T = TypeVar("_T")
 
 TERMINATE_GRACE = 5.0
 KILL_REAP_WAIT = 2.0
-
-# The one way a remote command starts. Arguments: $1 env-on-stdin flag, $2 cwd, $3 "sh"|"argv",
-# $4 merge flag, then the command. It runs in /bin/sh: sent as `exec /bin/sh -c WRAPPER ...`, or,
-# once the header has told us the login shell *is* /bin/sh, sent to it directly (one exec fewer,
-# which is most of the cost of a short command). String commands are eval'd by that same /bin/sh,
-# which is what `/bin/sh -c` would do, without starting another shell.
-_WRAPPER = r"""_optio_nl='
-'
-if [ "$1" = 1 ]; then IFS= read -r _optio_env || exit 125; eval "$_optio_env"; unset _optio_env; fi
-cd -- "$2" 2>/dev/null || { printf 'OPTIO:ECWD\n'; exit 126; }
-_optio_mode=$3; _optio_merge=$4; shift 4
-if [ "$_optio_mode" = argv ] && ! command -v -- "$1" >/dev/null 2>&1; then
-  printf 'OPTIO:ENOENT\n'; exit 127
-fi
-_optio_sh=0
-case "${SHELL##*/}" in sh|dash) if [ "$SHELL" -ef /bin/sh ]; then _optio_sh=1; fi ;; esac
-printf 'OPTIO:%s:%s\n' "$$" "$_optio_sh"
-if [ "$_optio_merge" = 1 ]; then exec 2>&1; fi
-if [ "$_optio_mode" = argv ]; then exec "$@"; fi
-_optio_cmd=$1
-shift
-unset _optio_nl _optio_mode _optio_merge _optio_sh
-eval "unset _optio_cmd; $_optio_cmd"
-"""
-
-
-def _command_line(wrapper_args: list[str], login_shell_is_sh: bool) -> str:
-    if login_shell_is_sh:
-        return f"set -- {join(wrapper_args)}\n{_WRAPPER}"
-    return join(["exec", "/bin/sh", "-c", _WRAPPER, "/bin/sh", *wrapper_args])
-
-
-# Follows $1 from byte $2 (1-based) like tail -F; ends when the channel's stdin closes.
-_TAIL = r"""tail -c "+$2" -F -s 0.1 -- "$1" 2>/dev/null &
-_optio_tail=$!
-cat >/dev/null
-kill "$_optio_tail" 2>/dev/null
-"""
-
-# Upload into $2, a new temporary file in $1 (noclobber: it must not exist), with mode $3
-# (octal, optional) set before any data arrives; the caller renames it once verified. Plain `cat`
-# keeps the pipe moving: `head -c` (8 KiB reads) cost a third of the throughput.
-_PUT = r"""folder=$1 temp=$2 mode=$3
-mkdir -p -- "$folder" || exit 1
-set -C
-: > "$temp" || exit 1
-if [ -n "$mode" ]; then chmod "$mode" -- "$temp" || exit 1; fi
-exec cat >> "$temp"
-"""
-
-# Stream $1: a first line with its size (or "missing", "directory"), then its bytes. (The size
-# comes from a second open: wc -c on the shared descriptor would seek it to the end.)
-_GET = r"""if [ ! -e "$1" ]; then echo missing; exit 3; fi
-if [ -d "$1" ]; then echo directory; exit 4; fi
-exec 3< "$1" || exit 5
-set -- $(wc -c < "$1")
-echo "$1"
-exec cat <&3
-"""
-
-_SHA256 = r"""[ -f "$1" ] || exit 3
-if command -v sha256sum >/dev/null 2>&1; then exec sha256sum -- "$1"; fi
-if command -v shasum >/dev/null 2>&1; then exec shasum -a 256 -- "$1"; fi
-exec openssl dgst -sha256 -r "$1"
-"""
-
-_ARCHIVE = r"""cd -- "$1" || exit 2
-shift
-if [ "$#" -gt 0 ]; then
-  set -- \( "$@" \) -prune -o
-fi
-{ find . -mindepth 1 "$@" -printf '%P\0' | tar --null --no-recursion -T - -cf -
-  echo "optio-tar-exit:$?" >&2; } | gzip -1
-"""
-
-_RESTORE_COMMIT = r"""find "$2" -mindepth 1 -maxdepth 1 -exec rm -rf -- {} + &&
-find "$1" -mindepth 1 -maxdepth 1 -exec mv -- {} "$2"/ \; &&
-rmdir -- "$1"
-"""
 
 
 def _stdin_of(handle: ProcessHandle) -> _RemoteStdin:
@@ -245,7 +167,7 @@ class RemoteHost(BaseHost):
 
     async def _sh(self, script: str, *args: str, check: bool = True) -> str:
         """Run an internal script (arguments as ``$1``...) from ``/``; return its stdout."""
-        result = await self.run(["/bin/sh", "-c", script, "sh", *args], cwd="/", check=check)
+        result = await self.run(script_argv(script, *args), cwd="/", check=check)
         return result.stdout
 
     async def setup_workdir(self) -> None:
@@ -311,7 +233,7 @@ class RemoteHost(BaseHost):
         wrapper_args = ["1" if extra_env else "0", directory, mode, "1" if merge_stderr else "0", *words]
         pool = self._connected_pool
         link, process = await pool.start_process(
-            lambda link: _command_line(wrapper_args, link.login_shell_is_sh),
+            lambda link: scripts.command_line(wrapper_args, link.login_shell_is_sh),
             "starting a command",
             control=control,
         )
@@ -459,7 +381,7 @@ class RemoteHost(BaseHost):
         temp = posixpath.join(folder, f".{name}.optio-{secrets.token_hex(8)}.tmp")
         args = [folder or "/", temp, "" if mode is None else f"{mode:o}"]
         handle = await self.launch_subprocess(
-            ["/bin/sh", "-c", _PUT, "sh", *args], cwd="/", merge_stderr=True, stdin=True
+            script_argv(scripts.PUT, *args), cwd="/", merge_stderr=True, stdin=True
         )
         committed = False
         try:
@@ -519,9 +441,7 @@ class RemoteHost(BaseHost):
             return None
 
     async def _read_file(self, path: str) -> tuple[int, AsyncIterator[bytes]]:
-        handle = await self.launch_subprocess(
-            ["/bin/sh", "-c", _GET, "sh", path], cwd="/", merge_stderr=False
-        )
+        handle = await self.launch_subprocess(script_argv(scripts.GET, path), cwd="/", merge_stderr=False)
         try:
             header, rest = await _first_line(handle.stdout)
             if header == "missing":
@@ -549,7 +469,7 @@ class RemoteHost(BaseHost):
         return int(header), chunks()
 
     async def file_sha256(self, path: str) -> str | None:
-        result = await self.run(["/bin/sh", "-c", _SHA256, "sh", path], cwd="/")
+        result = await self.run(script_argv(scripts.SHA256, path), cwd="/")
         if result.exit_code == 3:
             return None
         if result.exit_code != 0:
@@ -597,7 +517,7 @@ class RemoteHost(BaseHost):
         """A gzip'd tar stream of the workdir's contents, made by the host's own tar."""
         patterns = resolve_excludes(exclude)
         handle = await self.launch_subprocess(
-            ["/bin/sh", "-c", _ARCHIVE, "sh", self.workdir, *find_prune_expression(patterns)],
+            script_argv(scripts.ARCHIVE, self.workdir, *find_prune_expression(patterns)),
             cwd="/",
             merge_stderr=False,
         )
@@ -651,7 +571,7 @@ class RemoteHost(BaseHost):
                 raise
             if code != 0:
                 raise ValueError(f"the host's tar refused the archive: {output}")
-            await self._sh(_RESTORE_COMMIT, staging, self.workdir)
+            await self._sh(scripts.RESTORE_COMMIT, staging, self.workdir)
             committed = True
         finally:
             if not committed and self._is_open():
@@ -664,7 +584,7 @@ class RemoteHost(BaseHost):
         if offset < 0:
             raise ValueError(f"offset must not be negative, got {offset}")
         handle = await self.launch_subprocess(
-            ["/bin/sh", "-c", _TAIL, "sh", path, str(offset + 1)],
+            script_argv(scripts.TAIL, path, str(offset + 1)),
             cwd="/",
             merge_stderr=False,
             stdin=True,

@@ -28,7 +28,7 @@ from typing import Any, Final, TypeVar
 from optio_host._lines import LineSplitter, decode_line
 from optio_host.context import HookContext
 from optio_host.errors import HostConnectionError, SessionFailed
-from optio_host.host.base import Host
+from optio_host.host.interface import Host
 from optio_host.protocol.parser import (
     DeliverableEvent,
     DoneEvent,
