@@ -233,10 +233,13 @@ async def bench_transfers(server: SshServer, size: int, runs: int, scratch: str)
 
 
 RSS_CHILD = r"""
-import asyncio, json, os, resource, sys
+import asyncio, json, os, sys
 from optio_host import LocalHost, RemoteHost, SSHConfig
 spec = json.loads(sys.argv[1])
-def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def peak():
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec.
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM"))
 async def main():
     if spec["host"] == "remote":
         host = RemoteHost(SSHConfig(**spec["ssh"]), spec["taskdir"])

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(240)
 SIZE = 256 * 1024 * 1024
 
 CHILD = r"""
-import asyncio, json, resource, sys
+import asyncio, json, sys
 from optio_host import LocalHost, RemoteHost, SSHConfig
 spec = json.loads(sys.argv[1])
 
@@ -28,10 +28,15 @@ async def main():
         await local.setup_workdir()
         await remote.put_file_to_host(spec["source"], remote.workdir + "/big.bin")
         await remote.fetch_file_from_host(remote.workdir + "/big.bin", spec["back"])
+        async for _chunk in remote.archive_workdir([]):
+            await asyncio.sleep(0.01)  # a reader slower than the host: the backlog must stay bounded
         await local.restore_workdir(remote.archive_workdir([]))
         await remote.restore_workdir(local.archive_workdir([]))
         size = await remote.file_size(remote.workdir + "/big.bin")
-    print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "size": size}))
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec.
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM"))
+    print(json.dumps({"peak": peak, "size": size}))
 
 asyncio.run(main())
 """

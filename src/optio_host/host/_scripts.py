@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from optio_host.quoting import join
 
-__all__ = ["ARCHIVE", "GET", "PUT", "RESTORE_COMMIT", "SHA256", "TAIL", "WRAPPER", "command_line"]
+__all__ = [
+    "ARCHIVE",
+    "GET",
+    "KILL_GROUP",
+    "PUT",
+    "RESTORE_COMMIT",
+    "SHA256",
+    "TAIL",
+    "WRAPPER",
+    "command_line",
+]
 
 # The one way a remote command starts. Arguments: $1 env-on-stdin flag, $2 cwd, $3 "sh"|"argv",
 # $4 merge flag, then the command. It runs in /bin/sh: sent as `exec /bin/sh -c WRAPPER ...`, or,
@@ -73,6 +83,16 @@ SHA256 = r"""[ -f "$1" ] || exit 3
 if command -v sha256sum >/dev/null 2>&1; then exec sha256sum -- "$1"; fi
 if command -v shasum >/dev/null 2>&1; then exec shasum -a 256 -- "$1"; fi
 exec openssl dgst -sha256 -r "$1"
+"""
+
+# Kill process group $1, started at least $2 seconds ago, after its connection was lost. A leader
+# younger than that took over the id of one that ended: left alone. (Without a leader the group
+# lives on in its other members, and its id cannot be reused meanwhile.)
+KILL_GROUP = r"""if age=$(ps -o etimes= -p "$1" 2>/dev/null); then
+  [ "${age##* }" -ge "$2" ] 2>/dev/null || exit 0
+fi
+kill -s KILL -- "-$1" 2>/dev/null
+exit 0
 """
 
 ARCHIVE = r"""cd -- "$1" || exit 2

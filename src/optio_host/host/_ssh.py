@@ -129,7 +129,7 @@ def _connect_options(config: SSHConfig, known_hosts: str, policy: str) -> dict[s
     options: dict[str, Any] = {
         "connect_timeout": config.connect_timeout,
         "keepalive_interval": config.keepalive_interval or None,
-        "keepalive_count_max": 3,
+        "keepalive_count_max": 2,  # dead after 3 silent intervals: ~30 s by default
     }
     if config.user:
         options["username"] = config.user
@@ -285,6 +285,8 @@ class SessionPool:
         self._connected_once = False
         #: The last failed reconnect and when: callers that were waiting for it share its outcome.
         self._failure: tuple[HostConnectionError, float] | None = None
+        #: Called after a lost connection was replaced (the owner's clean-up of what it left behind).
+        self.on_reconnect: Callable[[], None] | None = None
 
     @property
     def primary(self) -> Link:
@@ -327,11 +329,15 @@ class SessionPool:
             if delay:
                 await asyncio.sleep(delay)
             try:
-                return await self._add_link()
+                link = await self._add_link()
             except (HostKeyError, AuthenticationFailed):
                 raise  # retrying cannot fix these
             except HostConnectionError as exc:
                 last = exc
+                continue
+            if self.on_reconnect is not None:
+                self.on_reconnect()
+            return link
         raise HostConnectionError(
             f"lost the connection to {describe(self._config)} and could not reconnect "
             f"({len(_RECONNECT_DELAYS)} attempts over {sum(_RECONNECT_DELAYS):g}s): {last}"

@@ -15,6 +15,7 @@ import contextlib
 import posixpath
 import secrets
 import stat
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,6 @@ from typing import Any, TypeVar
 
 import asyncssh
 
-from optio_host._streams import CHUNK_SIZE
 from optio_host.archive import find_prune_expression, resolve_excludes, sanitize_archive
 from optio_host.errors import HostConnectionError, HostNotConnected
 from optio_host.host import _scripts as scripts
@@ -38,6 +38,13 @@ _T = TypeVar("_T")
 
 TERMINATE_GRACE = 5.0
 KILL_REAP_WAIT = 2.0
+#: Each read takes everything buffered (up to more than a channel window). asyncssh refills the
+#: window whenever it hands buffered data on, even while more waits undelivered in the channel:
+#: reading in smaller pieces lets a slow reader's backlog grow by a window per read (seen: 170 MB
+#: behind a 256 MiB archive). Draining the whole buffer each time keeps it to about two windows.
+_READ_SIZE = 8 * 1024 * 1024
+#: How long ``disconnect()`` lets a clean-up after a lost connection (kills, temp files) finish.
+CLEANUP_WAIT = 5.0
 
 
 def _stdin_of(handle: ProcessHandle) -> _RemoteStdin:
@@ -49,15 +56,22 @@ def _stdin_of(handle: ProcessHandle) -> _RemoteStdin:
 class _RemoteStdin:
     """stdin of a remote process: ``close()`` sends EOF (the channel stays open for output)."""
 
-    def __init__(self, writer: asyncssh.SSHWriter[bytes]) -> None:
+    def __init__(self, writer: asyncssh.SSHWriter[bytes], config: SSHConfig) -> None:
         self._writer = writer
+        self._config = config
         self._eof = False
 
     def write(self, data: bytes) -> None:
         self._writer.write(bytes(data))
 
     async def drain(self) -> None:
-        await self._writer.drain()
+        try:
+            await self._writer.drain()
+        except (asyncssh.ConnectionLost, asyncssh.DisconnectError) as exc:
+            # BrokenPipeError (the command closed its stdin) stays as it is: callers tell it apart.
+            raise HostConnectionError(
+                f"lost the connection to {describe(self._config)} while sending input"
+            ) from exc
 
     def close(self) -> None:
         if not self._eof:
@@ -97,7 +111,7 @@ async def _stream(reader: asyncssh.SSHReader[bytes], first: bytes, config: SSHCo
         yield first
     while True:
         with translate_errors(config, "reading output"):
-            chunk = await reader.read(CHUNK_SIZE)
+            chunk = await reader.read(_READ_SIZE)
         if not chunk:
             return
         yield chunk
@@ -125,6 +139,11 @@ class RemoteHost(BaseHost):
         self._listeners: list[asyncssh.SSHListener] = []
         #: Temporary upload files that could not be removed (the link was down): retried later.
         self._orphans: set[str] = set()
+        #: The connection each process runs on, and when it started.
+        self._process_links: weakref.WeakKeyDictionary[Any, tuple[Link, float]] = weakref.WeakKeyDictionary()
+        #: Process groups to kill once the host answers again (their connection died under them).
+        self._pending_kills: dict[int, float] = {}
+        self._cleanup: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"RemoteHost({describe(self.ssh_config)}, taskdir={self._taskdir!r})"
@@ -143,12 +162,19 @@ class RemoteHost(BaseHost):
     async def _open(self) -> None:
         if self._pool is None:
             self._pool = SessionPool(self.ssh_config)
+            self._pool.on_reconnect = self._schedule_cleanup
         await self._pool.start()
 
     def _is_open(self) -> bool:
         return self._pool is not None and self._pool.has_live_link()
 
     async def _close(self) -> None:
+        cleanup = self._cleanup
+        if cleanup is not None and not cleanup.done():
+            # A clean-up after a lost connection gets a few seconds to finish.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CLEANUP_WAIT):
+                    await asyncio.shield(cleanup)
         pool, self._pool = self._pool, None
         for tail in list(self._tails):
             with contextlib.suppress(Exception):
@@ -251,7 +277,7 @@ class RemoteHost(BaseHost):
             pid_like=process,
             stdout=_stream(process.stdout, first, self.ssh_config),
             stderr=None if merge_stderr else _stream(process.stderr, b"", self.ssh_config),
-            stdin=_RemoteStdin(process.stdin) if stdin else None,
+            stdin=_RemoteStdin(process.stdin, self.ssh_config) if stdin else None,
         )
 
     def _watch_until_closed(
@@ -280,7 +306,7 @@ class RemoteHost(BaseHost):
             if end >= 0:
                 break
             with translate_errors(self.ssh_config, "starting a command"):
-                chunk = await process.stdout.read(CHUNK_SIZE)
+                chunk = await process.stdout.read(_READ_SIZE)
             if not chunk:
                 detail = (await process.stderr.read(4096)).decode(errors="replace").strip()
                 raise HostConnectionError(
@@ -295,6 +321,7 @@ class RemoteHost(BaseHost):
             raise FileNotFoundError(f"program not found on the host: {program}")
         pid, _, shell_is_sh = status.partition(":")
         self._groups[process] = int(pid)
+        self._process_links[process] = (link, time.monotonic())
         link.login_shell_is_sh = shell_is_sh == "1"
         return buffer[end + 1 :]
 
@@ -306,13 +333,57 @@ class RemoteHost(BaseHost):
         if group is None:
             process.close()
             return
-        if not aggressive:
-            await self._signal_group(group, "TERM")
-            await self._wait_exit(process, TERMINATE_GRACE)
-        # KILL the group even after a graceful exit: children that ignored TERM remain.
-        await self._signal_group(group, "KILL")
+        if self._kill_later_if_cut_off(process):
+            # Nothing can reach it now, and waiting here for a reconnect would hold back the
+            # caller's error: it is killed once the host answers again.
+            return
+        try:
+            if not aggressive:
+                await self._signal_group(group, "TERM")
+                await self._wait_exit(process, TERMINATE_GRACE)
+            # KILL the group even after a graceful exit: children that ignored TERM remain.
+            await self._signal_group(group, "KILL")
+        except HostConnectionError:
+            self._kill_later_if_cut_off(process)
+            raise
         if not await self._wait_exit(process, KILL_REAP_WAIT):
             process.close()
+
+    def _kill_later_if_cut_off(self, process: asyncssh.SSHClientProcess[bytes]) -> bool:
+        """If ``process``'s connection is gone, queue its group to be killed after reconnecting."""
+        link, started = self._process_links.get(process, (None, 0.0))
+        group = self._groups.get(process)
+        if link is None or link.alive or group is None:
+            return False
+        self._pending_kills[group] = started
+        process.close()
+        self._schedule_cleanup()
+        return True
+
+    def _schedule_cleanup(self) -> None:
+        """In the background (reconnecting if need be): kill what lost connections left running
+        and remove their temporary files. A pass that cannot reach the host is retried at the
+        next reconnect."""
+        if self._pool is None or not (self._pending_kills or self._orphans):
+            return
+        if self._cleanup is None or self._cleanup.done():
+            self._cleanup = asyncio.get_running_loop().create_task(self._clean_up())
+            self._watchers.add(self._cleanup)
+            self._cleanup.add_done_callback(self._watchers.discard)
+
+    async def _clean_up(self) -> None:
+        while self._pending_kills:
+            group, started = next(iter(self._pending_kills.items()))
+            min_age = max(0, int(time.monotonic() - started) - 1)
+            try:
+                await self.run(script_argv(scripts.KILL_GROUP, str(group), str(min_age)), cwd="/")
+            except Exception:
+                return  # unreachable (the next reconnect tries again), or closed
+            self._pending_kills.pop(group, None)
+        with contextlib.suppress(Exception):
+            await self._remove_orphans()  # keeps what it could not remove for the next reconnect
+        if self._pending_kills:  # queued while this ran: another pass once this task is done
+            asyncio.get_running_loop().call_soon(self._schedule_cleanup)
 
     async def _signal_group(self, group: int, signal_name: str) -> None:
         handle = await self._launch(
@@ -342,7 +413,13 @@ class RemoteHost(BaseHost):
 
     async def _sftp_call(self, what: str, operation: Callable[[asyncssh.SFTPClient], Awaitable[_T]]) -> _T:
         """One SFTP request (errors translated; a dead connection is replaced first)."""
-        result = await self._connected_pool.sftp_call(what, operation)
+        try:
+            result = await self._connected_pool.sftp_call(what, operation)
+        except OSError:
+            # FileNotFoundError and the like: the host answered, so leftovers can go now too.
+            if self._orphans and self._is_open():
+                await self._remove_orphans()
+            raise
         if self._orphans:
             await self._remove_orphans()
         return result
@@ -431,8 +508,9 @@ class RemoteHost(BaseHost):
             if handle.returncode is None:
                 await self.terminate_subprocess(handle, aggressive=True)
         self._orphans.add(temp)
-        with contextlib.suppress(Exception):
-            await self._remove_orphans()  # now if the connection is up, else after reconnecting
+        if self._is_open():  # else once reconnected (_clean_up): waiting here would delay the error
+            with contextlib.suppress(Exception):
+                await self._remove_orphans()
 
     async def _stat(self, path: str, *, follow: bool = True) -> asyncssh.SFTPAttrs | None:
         try:
@@ -600,7 +678,10 @@ class RemoteHost(BaseHost):
                 )
         finally:
             self._tails.discard(process)
-            process.close()  # closing stdin ends the remote tail (its watchdog sees EOF)
+            # Closing stdin ends the remote tail (its watchdog sees EOF); over a dead connection
+            # the watchdog never hears of it, so the tail is killed once we are connected again.
+            if not self._kill_later_if_cut_off(process):
+                process.close()
 
 
 async def _first_line(chunks: AsyncIterator[bytes]) -> tuple[str, AsyncIterator[bytes]]:

@@ -416,10 +416,13 @@ class _Session:
         self._ctx.report_progress(None, f"Lost the connection to the host while {what}; reconnecting")
         while True:
             try:
-                # Any operation reconnects; this one is cheap and tells us the host answers.
-                await self._host.file_size(self._log_path)
-            except HostConnectionError as exc:
-                cause = exc
+                # Any operation reconnects; this one is cheap and tells us the host answers. It
+                # may not outlast the budget (one reconnect cycle can take 4 connect timeouts).
+                async with asyncio.timeout_at(deadline):
+                    await self._host.file_size(self._log_path)
+            except (HostConnectionError, TimeoutError) as exc:
+                if isinstance(exc, HostConnectionError):
+                    cause = exc
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise SessionFailed(
