@@ -23,6 +23,20 @@ HOSTILE_NAMES = [
 #: Arguments that must reach a program byte for byte.
 HOSTILE_ARGS = [*HOSTILE_NAMES, "", " ", "'", '"', "\\", "$(touch /tmp/pwned)", "a\tb", "--", "-n", "%s"]
 
+#: A protocol worker (sh): 500 STATUS lines and 20 deliverables, pausing $1 seconds per step,
+#: then DONE. Run it in the workdir: ``["/bin/sh", "-c", PACED_WORKER, "worker", "0.005"]``.
+PACED_WORKER = r"""i=0
+while [ $i -lt 500 ]; do
+  echo "STATUS: $((i / 5))% step $i" >> optio.log
+  if [ $((i % 25)) -eq 24 ]; then
+    n=$((i / 25)); echo "deliverable $n" > "deliverables/d$n.txt"
+    echo "DELIVERABLE: deliverables/d$n.txt" >> optio.log
+  fi
+  i=$((i + 1)); sleep "$1"
+done
+echo "DONE: all steps" >> optio.log
+"""
+
 # A process is alive if /proc has it and it is not a zombie (PID 1 here may not reap).
 _ALIVE = r"""s=$(cat "/proc/$1/stat" 2>/dev/null) || exit 1
 case "$s" in *") Z "*) exit 1 ;; esac

@@ -44,6 +44,7 @@ from optio_host.testing import RecordingContext
 from optio_host.testing.sshd import SshdUnavailable
 
 from ._netns import DelayRelay, NetnsLab, NetnsUnavailable, netns_problem, sweep_stale
+from ._support import PACED_WORKER
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -55,20 +56,6 @@ CONNECT_TIMEOUT = 3.0
 #: connect_timeout, with 3.5 s of pauses between them.
 RECONNECT_CYCLE = 4 * CONNECT_TIMEOUT + 3.5
 BIG = 200 * 1024 * 1024
-
-# 500 STATUS lines and 20 deliverables, then DONE (as in test_reliability.py); $1 is the pause
-# between lines, so the worker is still writing when the fault hits and after it is over.
-WORKER = r"""i=0
-while [ $i -lt 500 ]; do
-  echo "STATUS: $((i / 5))% step $i" >> optio.log
-  if [ $((i % 25)) -eq 24 ]; then
-    n=$((i / 25)); echo "deliverable $n" > "deliverables/d$n.txt"
-    echo "DELIVERABLE: deliverables/d$n.txt" >> optio.log
-  fi
-  i=$((i + 1)); sleep "$1"
-done
-echo "DONE: all steps" >> optio.log
-"""
 
 # The long run(): one line, a long silence, one line ($1 seconds).
 LONG_JOB = 'echo begin; sleep "$1"; echo end'
@@ -292,7 +279,7 @@ class Loads:
 
         async def body(h: Host, _hook: object) -> None:
             self.worker = await h.launch_detached(
-                ["/bin/sh", "-c", WORKER, "optio-worker", pace], name="worker"
+                ["/bin/sh", "-c", PACED_WORKER, "optio-worker", pace], name="worker"
             )
             assert await self.worker.wait(reconnect_timeout=120) == 0
 

@@ -16,22 +16,11 @@ from optio_host.protocol import run_log_protocol_session
 from optio_host.testing import RecordingContext
 from optio_host.testing.sshd import SshServer
 
-from ._support import sha256
+from ._support import PACED_WORKER, sha256
 
 pytestmark = pytest.mark.timeout(120)
 
 # 500 STATUS lines and 20 deliverables, then DONE; about 3 s.
-WORKER = r"""i=0
-while [ $i -lt 500 ]; do
-  echo "STATUS: $((i / 5))% step $i" >> optio.log
-  if [ $((i % 25)) -eq 24 ]; then
-    n=$((i / 25)); echo "deliverable $n" > "deliverables/d$n.txt"
-    echo "DELIVERABLE: deliverables/d$n.txt" >> optio.log
-  fi
-  i=$((i + 1)); sleep 0.005
-done
-echo "DONE: all steps" >> optio.log
-"""
 
 
 @pytest.fixture
@@ -48,7 +37,7 @@ async def _run_worker_session(host: Host, ctx: RecordingContext, **kwargs: objec
     received: dict[str, str] = {}
 
     async def body(h: Host, _hook: object) -> None:
-        proc = await h.launch_detached(["/bin/sh", "-c", WORKER], name="worker")
+        proc = await h.launch_detached(["/bin/sh", "-c", PACED_WORKER, "worker", "0.005"], name="worker")
         assert await proc.wait(reconnect_timeout=60) == 0
 
     async def on_deliverable(_hook: object, relative: str, text: str) -> None:
@@ -227,7 +216,7 @@ async def test_sessions_on_ten_hosts_at_once() -> None:
             async with _remote(server, "ten") as host:
 
                 async def body(h: Host, _hook: object) -> None:
-                    await h.run(["/bin/sh", "-c", WORKER])
+                    await h.run(["/bin/sh", "-c", PACED_WORKER, "worker", "0.005"])
 
                 received = await _run_worker_session_plain(host, ctx, body)
             _assert_exactly_once(ctx, received)

@@ -30,7 +30,5 @@ async def count_words(host: Host, ctx: Any, text: str) -> int:
         if relative == "count.txt":
             counts.append(int(content))
 
-    await run_log_protocol_session(
-        host, ctx, body=body, on_deliverable=on_deliverable, before_execute=before
-    )
+    await run_log_protocol_session(host, ctx, body=body, on_deliverable=on_deliverable, before_execute=before)
     return counts[0]
