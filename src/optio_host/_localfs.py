@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import AsyncIterator, Callable
 
-__all__ = ["temp_name_for", "write_atomic"]
+from optio_host.paths import temp_name_for
 
-
-def temp_name_for(target: str) -> str:
-    """An unpredictable temporary name in the target's own folder (so rename is atomic)."""
-    folder, name = os.path.split(target)
-    return os.path.join(folder, f".{name}.optio-{secrets.token_hex(8)}.tmp")
+__all__ = ["write_atomic"]
 
 
 async def write_atomic(

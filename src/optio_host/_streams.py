@@ -24,7 +24,9 @@ __all__ = [
     "Sha256Tap",
     "iter_from_thread",
     "iter_local_file",
+    "local_file_sha256",
     "run_in_thread",
+    "sha256_of_chunks",
 ]
 
 #: Transfer chunk size: large enough for throughput, small enough to keep memory flat.
@@ -210,6 +212,24 @@ async def iter_local_file(path: str | os.PathLike[str]) -> AsyncIterator[bytes]:
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK_SIZE):
             yield chunk
+
+
+async def local_file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file on this machine, read in a thread (``OSError`` as ``open`` raises it)."""
+
+    def digest() -> str:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+
+    return await asyncio.to_thread(digest)
+
+
+async def sha256_of_chunks(chunks: AsyncIterator[bytes]) -> str:
+    """Hex SHA-256 of everything ``chunks`` yields."""
+    digest = hashlib.sha256()
+    async for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 class Sha256Tap:

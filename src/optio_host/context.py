@@ -12,14 +12,13 @@ workdir, where they must stay inside it (a ``..`` segment is refused).
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, Literal, Protocol, overload, runtime_checkable
 
 from bson import ObjectId
 
-from optio_host._streams import CHUNK_SIZE
+from optio_host._streams import CHUNK_SIZE, sha256_of_chunks
 from optio_host.download import create_download_task
 from optio_host.errors import HostCommandError
 from optio_host.host.interface import FileSource, Host
@@ -300,10 +299,7 @@ class HookContext:
         return absolute
 
     async def _blob_sha256(self, blob_id: ObjectId) -> str:
-        digest = hashlib.sha256()
-        async for chunk in self._blob_chunks(blob_id):
-            digest.update(chunk)
-        return digest.hexdigest()
+        return await sha256_of_chunks(self._blob_chunks(blob_id))
 
     async def _blob_chunks(
         self, blob_id: ObjectId, *, on_first: Callable[[], None] | None = None

@@ -49,8 +49,9 @@ from __future__ import annotations
 import math
 import os
 import re
-import secrets
 import shutil
+
+from optio_host.paths import temp_name_for
 
 __all__ = ["LOG_ENV", "deliverable", "done", "error", "find_log", "status"]
 
@@ -166,7 +167,7 @@ def _relative_name(name: str) -> str:
 def _copy(source: str, target: str) -> None:
     os.makedirs(os.path.dirname(target), exist_ok=True)
     # Copy under a temporary name and rename, so the driver never fetches half a file.
-    temp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{secrets.token_hex(6)}.tmp")
+    temp = temp_name_for(target)
     try:
         shutil.copyfile(source, temp)
         os.replace(temp, target)

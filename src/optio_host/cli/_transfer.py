@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import os
 import posixpath
 import re
@@ -11,13 +9,14 @@ import time
 
 import click
 
-from optio_host._localfs import temp_name_for
+from optio_host._streams import local_file_sha256
 from optio_host.cli._display import human_rate, transfer_progress
 from optio_host.cli._paths import host_path
 from optio_host.cli._runner import CliError, Interrupt, run_async
 from optio_host.cli._target import describe_target, host_options
 from optio_host.host import make_host
 from optio_host.host.base import checksum_mismatch
+from optio_host.paths import temp_name_for
 from optio_host.types import SSHConfig
 
 __all__ = ["get", "put"]
@@ -106,7 +105,7 @@ async def _get(
             try:
                 await interrupt.race(host.fetch_file_from_host(source, landing, progress_cb=progress_cb))
                 if sha256 is not None:
-                    actual = await asyncio.to_thread(_sha256_of, landing)
+                    actual = await local_file_sha256(landing)
                     if actual != sha256:
                         raise checksum_mismatch(f"{where}{source}", sha256, actual)
                     os.replace(landing, target)
@@ -121,8 +120,3 @@ async def _get(
 def _prefix(ssh_config: SSHConfig | None) -> str:
     """``user@host:`` before a remote path in messages, nothing before a local one."""
     return "" if ssh_config is None else f"{describe_target(ssh_config)}:"
-
-
-def _sha256_of(path: str) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -10,7 +10,6 @@ are built here on top of those primitives, so the two hosts cannot drift.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import os
 import posixpath
@@ -24,7 +23,14 @@ from typing import Self
 
 from optio_host._lines import LineSplitter, decode_line
 from optio_host._localfs import write_atomic
-from optio_host._streams import CHUNK_SIZE, ProgressCallback, Sha256Tap, iter_local_file
+from optio_host._streams import (
+    CHUNK_SIZE,
+    ProgressCallback,
+    Sha256Tap,
+    iter_local_file,
+    local_file_sha256,
+    sha256_of_chunks,
+)
 from optio_host.detached import DetachedProcess, launch_detached
 from optio_host.errors import CommandTimeout, HostCommandError, HostNotConnected
 from optio_host.host.interface import Command, FileSource, Host
@@ -44,18 +50,9 @@ class _Source:
     local_path: str | None
 
     async def sha256(self) -> str:
-        digest = hashlib.sha256()
         if self.local_path is not None:
-            path = self.local_path
-
-            def hash_file() -> str:
-                with open(path, "rb") as handle:
-                    return hashlib.file_digest(handle, "sha256").hexdigest()
-
-            return await asyncio.to_thread(hash_file)
-        async for chunk in self.open():
-            digest.update(chunk)
-        return digest.hexdigest()
+            return await local_file_sha256(self.local_path)
+        return await sha256_of_chunks(self.open())
 
 
 def _source(source: FileSource) -> _Source:

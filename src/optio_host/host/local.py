@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import shutil
 import signal
@@ -14,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from optio_host._localfs import write_atomic
-from optio_host._streams import CHUNK_SIZE
+from optio_host._streams import CHUNK_SIZE, local_file_sha256
 from optio_host.archive import consume_workdir_archive, yield_workdir_archive
 from optio_host.host._watch import POLL_INTERVAL, FileWatch, watch_file
 from optio_host.host.base import BaseHost, Command
@@ -198,14 +197,10 @@ class LocalHost(BaseHost):
         return size, chunks()
 
     async def file_sha256(self, path: str) -> str | None:
-        def digest() -> str | None:
-            try:
-                with open(path, "rb") as handle:
-                    return hashlib.file_digest(handle, "sha256").hexdigest()
-            except (FileNotFoundError, IsADirectoryError):
-                return None
-
-        return await asyncio.to_thread(digest)
+        try:
+            return await local_file_sha256(path)
+        except (FileNotFoundError, IsADirectoryError):
+            return None
 
     async def _list_dir(self, path: str) -> list[tuple[str, bool]] | None:
         try:

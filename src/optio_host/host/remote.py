@@ -28,6 +28,7 @@ from optio_host.errors import HostConnectionError, HostNotConnected
 from optio_host.host import _scripts as scripts
 from optio_host.host._ssh import Link, SessionPool, describe, translate_errors
 from optio_host.host.base import BaseHost, Command
+from optio_host.paths import temp_name_for
 from optio_host.process import ProcessHandle
 from optio_host.quoting import env_assignments_line, script_argv, validate_argv, validate_env
 from optio_host.types import SSHConfig
@@ -454,9 +455,8 @@ class RemoteHost(BaseHost):
         mode: int | None,
         before_commit: Callable[[], None],
     ) -> None:
-        folder, name = posixpath.split(target)
-        temp = posixpath.join(folder, f".{name}.optio-{secrets.token_hex(8)}.tmp")
-        args = [folder or "/", temp, "" if mode is None else f"{mode:o}"]
+        temp = temp_name_for(target)
+        args = [posixpath.dirname(target) or "/", temp, "" if mode is None else f"{mode:o}"]
         handle = await self.launch_subprocess(
             script_argv(scripts.PUT, *args), cwd="/", merge_stderr=True, stdin=True
         )
