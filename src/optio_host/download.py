@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from optio_host.errors import DownloadFailed
-from optio_host.host.base import Host, checksum_mismatch, normalize_sha256
+from optio_host.host.base import Host, checksum_mismatch, kill_quietly, normalize_sha256
 from optio_host.host.local import LocalHost
 from optio_host.process import ProcessHandle
 from optio_host.quoting import script_argv
@@ -199,7 +199,7 @@ class _Download:
         finally:
             if not completion.done():
                 completion.cancel()
-                await asyncio.shield(_kill_quietly(host, handle))
+                await asyncio.shield(kill_quietly(host, handle))
                 with contextlib.suppress(BaseException):
                     await completion
 
@@ -211,12 +211,6 @@ async def _complete(handle: ProcessHandle, stderr: _StderrReader) -> int:
 
     await asyncio.gather(drain(handle.stdout), stderr.consume(handle.stderr))
     return await handle.wait()
-
-
-async def _kill_quietly(host: Host, handle: ProcessHandle) -> None:
-    if handle.returncode is None:
-        with contextlib.suppress(Exception):
-            await host.terminate_subprocess(handle, aggressive=True)
 
 
 class _ProgressMeter:

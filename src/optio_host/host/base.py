@@ -10,6 +10,7 @@ are built here on top of those primitives, so the two hosts cannot drift.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import posixpath
@@ -85,6 +86,13 @@ def _source(source: FileSource) -> _Source:
         "upload source must be a local path, bytes, or an async iterator of bytes, "
         f"not {type(source).__name__}"
     )
+
+
+async def kill_quietly(host: Host, handle: ProcessHandle) -> None:
+    """SIGKILL ``handle``'s process tree if it still runs; never raises (for clean-up paths)."""
+    if handle.returncode is None:
+        with contextlib.suppress(Exception):
+            await host.terminate_subprocess(handle, aggressive=True)
 
 
 def normalize_sha256(value: str) -> str:
@@ -306,11 +314,7 @@ class BaseHost(ABC):
         return result
 
     async def _kill_quietly(self, handle: ProcessHandle) -> None:
-        if handle.returncode is None:
-            try:
-                await self.terminate_subprocess(handle, aggressive=True)
-            except Exception:
-                pass
+        await kill_quietly(self, handle)
 
     async def run_command(
         self,

@@ -504,9 +504,7 @@ class RemoteHost(BaseHost):
         return await handle.wait(), output.decode(errors="replace").strip()
 
     async def _discard(self, handle: ProcessHandle, temp: str) -> None:
-        with contextlib.suppress(Exception):
-            if handle.returncode is None:
-                await self.terminate_subprocess(handle, aggressive=True)
+        await self._kill_quietly(handle)
         self._orphans.add(temp)
         if self._is_open():  # else once reconnected (_clean_up): waiting here would delay the error
             with contextlib.suppress(Exception):
