@@ -52,13 +52,12 @@ import re
 import shutil
 
 from optio_host.paths import temp_name_for
+from optio_host.protocol.parser import DELIVERABLES_DIR, LOG_NAME
 
 __all__ = ["LOG_ENV", "deliverable", "done", "error", "find_log", "status"]
 
 #: Environment variable naming the log file; set for workers started by ``optio-host session``.
 LOG_ENV = "OPTIO_LOG"
-LOG_NAME = "optio.log"
-DELIVERABLES = "deliverables"
 
 # Everything str.splitlines() breaks on, so no reader can see a second line.
 _LINE_BREAKS = re.compile("\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -134,7 +133,7 @@ def deliverable(path: str | os.PathLike[str], *, name: str | None = None) -> str
     Any other file is first copied (completely, then renamed into place) to
     ``deliverables/<name>``, ``name`` defaulting to the file's own name.
     """
-    folder = os.path.join(os.path.realpath(os.path.dirname(find_log())), DELIVERABLES)
+    folder = os.path.join(os.path.realpath(os.path.dirname(find_log())), DELIVERABLES_DIR)
     source = os.path.realpath(path)
     if not os.path.isfile(source):
         raise FileNotFoundError(f"deliverable {os.fspath(path)!r} is not an existing file")
@@ -145,7 +144,7 @@ def deliverable(path: str | os.PathLike[str], *, name: str | None = None) -> str
         relative = in_place
     else:
         relative = _relative_name(name if name is not None else os.path.basename(os.fspath(path)))
-    line_path = f"{DELIVERABLES}/{relative}"
+    line_path = f"{DELIVERABLES_DIR}/{relative}"
     if _one_line(line_path) != line_path or line_path != line_path.strip():
         raise ValueError(
             f"deliverable path {line_path!r} cannot be written on one log line (line break, or "

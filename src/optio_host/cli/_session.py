@@ -21,6 +21,7 @@ from optio_host.host import make_host
 from optio_host.host.interface import Host
 from optio_host.process import ProcessHandle
 from optio_host.protocol import run_log_protocol_session
+from optio_host.protocol.parser import LOG_NAME
 from optio_host.types import SSHConfig
 from optio_host.worker import LOG_ENV
 
@@ -128,7 +129,7 @@ class _Worker:
         self.exit_code: int | None = None
 
     async def body(self, host: Host, hook_ctx: HookContext) -> None:
-        env = {**self.env, LOG_ENV: posixpath.join(host.workdir, "optio.log")}
+        env = {**self.env, LOG_ENV: posixpath.join(host.workdir, LOG_NAME)}
         self.host = host
         try:
             self.handle = await host.launch_subprocess(self.argv, env=env, merge_stderr=False)

@@ -49,6 +49,11 @@ __all__ = [
     "validate_deliverable_path",
 ]
 
+#: The log a worker appends to, in its workdir.
+LOG_NAME = "optio.log"
+#: The workdir folder deliverables must be in.
+DELIVERABLES_DIR = "deliverables"
+
 _PERCENT = re.compile(r"([0-9]{1,3})%(?:\s+|\Z)")
 _KEYWORD = re.compile(r"(STATUS|DELIVERABLE|DONE|ERROR)(?::(.*)|\Z)", re.DOTALL)
 
@@ -149,7 +154,7 @@ def relativize_deliverable_path(absolute_path: str, workdir: str) -> str:
     ``validate_deliverable_path``.
     """
     resolved = validate_deliverable_path(absolute_path, workdir)
-    folder = _with_slash(posixpath.join(_absolute_root(workdir), "deliverables"))
+    folder = _with_slash(posixpath.join(_absolute_root(workdir), DELIVERABLES_DIR))
     if not resolved.startswith(folder) or len(resolved) == len(folder):
         raise ValueError(f"deliverable path {absolute_path!r} is not under {folder}")
     return resolved[len(folder) :]

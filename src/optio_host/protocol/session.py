@@ -30,6 +30,8 @@ from optio_host.context import HookContext
 from optio_host.errors import HostConnectionError, SessionFailed
 from optio_host.host.interface import Host
 from optio_host.protocol.parser import (
+    DELIVERABLES_DIR,
+    LOG_NAME,
     DeliverableEvent,
     DoneEvent,
     ErrorEvent,
@@ -67,9 +69,6 @@ HookCallback = Callable[[HookContext], Awaitable[None]]
 SessionBody = Callable[[Host, HookContext], Awaitable[object]]
 
 _T = TypeVar("_T")
-
-LOG_NAME: Final = "optio.log"
-DELIVERABLES_DIR: Final = "deliverables"
 
 #: How often ``ctx.should_continue()`` is polled when the context has no cancellation event.
 CANCEL_POLL_INTERVAL: Final = 0.1
