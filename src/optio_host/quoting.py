@@ -12,10 +12,11 @@ from collections.abc import Mapping, Sequence
 
 __all__ = [
     "NEWLINE_VAR",
-    "script_argv",
     "env_assignments_line",
+    "is_env_name",
     "join",
     "quote",
+    "script_argv",
     "validate_argv",
     "validate_env",
 ]
@@ -62,13 +63,18 @@ def validate_argv(argv: Sequence[str]) -> list[str]:
     return args
 
 
+def is_env_name(name: object) -> bool:
+    """Whether ``name`` can be an environment variable's name (``[A-Za-z_][A-Za-z0-9_]*``)."""
+    return isinstance(name, str) and _ENV_NAME.fullmatch(name) is not None
+
+
 def validate_env(env: Mapping[str, str] | None) -> dict[str, str]:
     """Check environment names (``[A-Za-z_][A-Za-z0-9_]*``) and values (``str``, no NUL)."""
     if env is None:
         return {}
     checked: dict[str, str] = {}
     for name, value in env.items():
-        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+        if not is_env_name(name):
             raise ValueError(
                 f"invalid environment variable name {name!r}: names must match [A-Za-z_][A-Za-z0-9_]*"
             )

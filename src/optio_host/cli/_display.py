@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import os
 import sys
@@ -25,6 +24,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from optio_host._lines import LineSplitter, decode_line
 from optio_host._streams import ProgressCallback
 
 __all__ = ["SessionView", "human_rate", "is_live", "transfer_progress"]
@@ -158,14 +158,11 @@ class _LineDecoder:
     """Bytes in any split to complete text lines (invalid UTF-8 replaced)."""
 
     def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._pending = ""
+        self._splitter = LineSplitter()
 
     def feed(self, chunk: bytes) -> list[str]:
-        self._pending += self._decoder.decode(chunk)
-        *lines, self._pending = self._pending.split("\n")
-        return [line.rstrip("\r") for line in lines]
+        return [decode_line(raw).rstrip("\r") for raw, _ in self._splitter.feed(chunk)]
 
     def flush(self) -> str:
-        rest, self._pending = self._pending + self._decoder.decode(b"", final=True), ""
-        return rest
+        """The last line if it had no newline, else ``""``."""
+        return "".join(self.feed(b"\n")) if self._splitter.pending else ""

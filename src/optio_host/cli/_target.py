@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from optio_host.quoting import is_env_name
 from optio_host.types import HOST_KEY_POLICY_ENV, SSHConfig
 
 __all__ = ["describe_target", "env_option", "host_options", "parse_ssh_target"]
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def parse_ssh_target(value: str) -> tuple[str, str, int]:
@@ -142,7 +140,7 @@ def _parse_env(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
     env: dict[str, str] = {}
     for item in values:
         name, equals, value = item.partition("=")
-        if not equals or not _ENV_NAME.fullmatch(name):
+        if not equals or not is_env_name(name):
             raise click.BadParameter(f"{item!r} is not NAME=VALUE with NAME like [A-Za-z_][A-Za-z0-9_]*")
         env[name] = value
     return env

@@ -22,7 +22,7 @@ from fnmatch import fnmatchcase
 from types import TracebackType
 from typing import Self
 
-from optio_host._lines import LineSplitter, decode_line
+from optio_host._lines import iter_lines
 from optio_host._localfs import write_atomic
 from optio_host._streams import (
     CHUNK_SIZE,
@@ -537,10 +537,8 @@ class BaseHost(ABC):
         Works for a file created after the call and for lines of any length.
         Ends when the host disconnects.
         """
-        splitter = LineSplitter()
-        async for chunk in self.tail_bytes(self._resolve(absolute_path)):
-            for raw, _ in splitter.feed(chunk):
-                yield decode_line(raw)
+        async for line in iter_lines(self.tail_bytes(self._resolve(absolute_path))):
+            yield line
 
 
 class _CountTap(Sha256Tap):
