@@ -457,8 +457,7 @@ class BaseHost(ABC):
             buffer.seek(0)
         async for chunk in tap.tap(chunks):
             buffer.write(chunk)
-        if tap.count != size:
-            raise OSError(f"{path} changed size while being read ({tap.count} of {size} bytes)")
+        tap.check_complete(path)
         return buffer.getvalue()
 
     async def fetch_file_from_host(
@@ -472,12 +471,8 @@ class BaseHost(ABC):
         path = self._resolve(absolute_path)
         size, chunks = await self._read_file(path)
         tap = _CountTap(size, progress_cb)
-
-        def complete() -> None:
-            if tap.count != size:
-                raise OSError(f"{path} changed size while being read ({tap.count} of {size} bytes)")
-
-        await write_atomic(os.path.abspath(os.fspath(local_path)), tap.tap(chunks), before_commit=complete)
+        target = os.path.abspath(os.fspath(local_path))
+        await write_atomic(target, tap.tap(chunks), before_commit=lambda: tap.check_complete(path))
 
     async def glob(self, pattern: str) -> list[str]:
         """Sorted absolute paths matching ``pattern`` (absolute, or relative to the workdir).
@@ -547,3 +542,8 @@ class _CountTap(Sha256Tap):
     def update(self, chunk: bytes) -> None:
         self.count += len(chunk)
         self._report()
+
+    def check_complete(self, path: str) -> None:
+        """``OSError`` unless exactly the announced size went through (the file changed meanwhile)."""
+        if self.count != self._total:
+            raise OSError(f"{path} changed size while being read ({self.count} of {self._total} bytes)")

@@ -1,9 +1,9 @@
 """``RecordingContext``: a small stand-in for optio-core's ``ProcessContext``.
 
-It records progress, lets a test (or a CLI's Ctrl-C handler) cancel, runs
-child tasks inline and serves blobs from memory, with no database. Tests
-assert on ``.progress``; the ``optio-host`` CLI runs sessions with it and an
-``on_progress`` callback for live display.
+It records progress, lets a test cancel, runs child tasks inline and serves
+blobs from memory, with no database. Tests assert on ``.progress``; an
+``on_progress`` callback sees every report as it happens. (The ``optio-host``
+CLI has its own stand-in, which keeps no record: a long session would grow it.)
 """
 
 from __future__ import annotations
