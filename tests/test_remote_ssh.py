@@ -147,17 +147,23 @@ async def test_relative_remote_taskdir_is_rejected(optio_sshd: SshServer) -> Non
         RemoteHost(optio_sshd.ssh_config(), "relative/dir")
 
 
-async def test_ssh_config_alias_is_honoured(
-    optio_sshd: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _home_with_alias(alias: str, server: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh $HOME whose ~/.ssh/config names ``server`` as ``alias`` (with its key); returns it."""
     home = str(tmp_path)
     os.makedirs(os.path.join(home, ".ssh"))
     with open(os.path.join(home, ".ssh", "config"), "w") as handle:
         handle.write(
-            f"Host worker-alias\n  HostName {optio_sshd.host}\n  Port {optio_sshd.port}\n"
-            f"  User {optio_sshd.user}\n  IdentityFile {optio_sshd.key_path}\n"
+            f"Host {alias}\n  HostName {server.host}\n  Port {server.port}\n"
+            f"  User {server.user}\n  IdentityFile {server.key_path}\n"
         )
     monkeypatch.setenv("HOME", home)
+    return home
+
+
+async def test_ssh_config_alias_is_honoured(
+    optio_sshd: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _home_with_alias("worker-alias", optio_sshd, tmp_path, monkeypatch)
     config = SSHConfig(
         host="worker-alias",
         user="",
@@ -170,16 +176,9 @@ async def test_ssh_config_alias_is_honoured(
 
 async def test_proxy_jump(optio_sshd: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
     # Jump through the same server: the second hop is a direct-tcpip channel from it.
-    home = str(tmp_path)
-    os.makedirs(os.path.join(home, ".ssh"))
-    with open(os.path.join(home, ".ssh", "config"), "w") as handle:
-        handle.write(
-            f"Host jump\n  HostName {optio_sshd.host}\n  Port {optio_sshd.port}\n"
-            f"  User {optio_sshd.user}\n  IdentityFile {optio_sshd.key_path}\n"
-        )
+    home = _home_with_alias("jump", optio_sshd, tmp_path, monkeypatch)
     with open(optio_sshd.known_hosts) as source, open(os.path.join(home, ".ssh", "known_hosts"), "w") as dest:
         dest.write(source.read())
-    monkeypatch.setenv("HOME", home)
     assert await _whoami(optio_sshd.ssh_config(proxy_jump="jump")) == optio_sshd.user
 
 

@@ -43,28 +43,26 @@ def session_tasks() -> list[asyncio.Task[object]]:
     return [task for task in asyncio.all_tasks() if task.get_name().startswith("optio-session-")]
 
 
-def sh_body(script: str) -> Body:
-    """A body that runs ``script`` with /bin/sh in the workdir and waits for it."""
+def _script_body(interpreter: str, file_name: str, script: str) -> Body:
+    """A body that writes ``script`` into the workdir, runs it with ``interpreter`` and waits."""
 
     async def body(host: Host, hook_ctx: HookContext) -> None:
-        await host.write_text("worker.sh", script)
-        result = await host.run(["/bin/sh", "worker.sh"])
+        await host.write_text(file_name, script)
+        result = await host.run([interpreter, file_name])
         if result.exit_code != 0:
             raise RuntimeError(f"worker failed: {result.stderr}")
 
     return body
+
+
+def sh_body(script: str) -> Body:
+    """A body that runs ``script`` with /bin/sh in the workdir and waits for it."""
+    return _script_body("/bin/sh", "worker.sh", script)
 
 
 def py_body(script: str) -> Body:
     """A body that runs a Python ``script`` with the host's python3 and waits for it."""
-
-    async def body(host: Host, hook_ctx: HookContext) -> None:
-        await host.write_text("worker.py", script)
-        result = await host.run(["/usr/bin/python3", "worker.py"])
-        if result.exit_code != 0:
-            raise RuntimeError(f"worker failed: {result.stderr}")
-
-    return body
+    return _script_body("/usr/bin/python3", "worker.py", script)
 
 
 class Collected:
