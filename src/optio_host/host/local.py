@@ -181,8 +181,8 @@ class LocalHost(BaseHost):
 
     async def _read_file(self, path: str) -> tuple[int, AsyncIterator[bytes]]:
         handle = open(path, "rb")  # noqa: SIM115 - closed by the generator below
-        size = os.fstat(handle.fileno()).st_size
-        if stat.S_ISDIR(os.fstat(handle.fileno()).st_mode):
+        info = os.fstat(handle.fileno())
+        if stat.S_ISDIR(info.st_mode):
             handle.close()
             raise IsADirectoryError(f"{path} is a directory")
 
@@ -194,7 +194,7 @@ class LocalHost(BaseHost):
                         return
                     yield chunk
 
-        return size, chunks()
+        return info.st_size, chunks()
 
     async def file_sha256(self, path: str) -> str | None:
         try:
