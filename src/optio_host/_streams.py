@@ -22,6 +22,7 @@ __all__ = [
     "ProgressCallback",
     "StreamClosed",
     "Sha256Tap",
+    "aclose_iterator",
     "iter_from_thread",
     "iter_local_file",
     "local_file_sha256",
@@ -212,6 +213,17 @@ async def iter_local_file(path: str | os.PathLike[str]) -> AsyncIterator[bytes]:
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK_SIZE):
             yield chunk
+
+
+async def aclose_iterator(chunks: AsyncIterator[Any]) -> None:
+    """Close an async iterator now if it can be closed (an async generator's ``finally`` runs).
+
+    Left to the garbage collector, a generator's clean-up (a host-side tail, an
+    inotify watch) runs only some loop iterations later.
+    """
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 async def local_file_sha256(path: str | os.PathLike[str]) -> str:

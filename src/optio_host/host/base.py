@@ -28,6 +28,7 @@ from optio_host._streams import (
     CHUNK_SIZE,
     ProgressCallback,
     Sha256Tap,
+    aclose_iterator,
     iter_local_file,
     local_file_sha256,
     sha256_of_chunks,
@@ -532,8 +533,12 @@ class BaseHost(ABC):
         Works for a file created after the call and for lines of any length.
         Ends when the host disconnects.
         """
-        async for line in iter_lines(self.tail_bytes(self._resolve(absolute_path))):
-            yield line
+        chunks = self.tail_bytes(self._resolve(absolute_path))
+        try:
+            async for line in iter_lines(chunks):
+                yield line
+        finally:
+            await aclose_iterator(chunks)  # end the tail (its watch, its host process) now
 
 
 class _CountTap(Sha256Tap):

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 from optio_host._lines import LineSplitter, decode_line
+from optio_host._streams import aclose_iterator
 from optio_host.context import HookContext
 from optio_host.errors import HostConnectionError, SessionFailed
 from optio_host.host.interface import Host
@@ -270,10 +271,7 @@ class _Session:
                         return
                 self._progress.set()
         finally:
-            # Stop the host-side tail now, not whenever the generator is collected.
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await aclose_iterator(chunks)  # stop the host-side tail now
 
     async def _dispatch(self, event: LogEvent) -> None:
         if isinstance(event, StatusEvent):
