@@ -296,6 +296,11 @@ class SessionPool:
                 return link
         raise HostConnectionError(f"no open connection to {describe(self._config)}")
 
+    @property
+    def slots_in_use(self) -> int:
+        """Session slots taken across the pool's connections (released when a channel closes)."""
+        return sum(link.busy for link in self._links)
+
     def has_live_link(self) -> bool:
         return any(link.alive for link in self._links)
 

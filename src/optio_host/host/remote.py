@@ -107,15 +107,31 @@ class _RemoteProcessHandle(ProcessHandle):
         return code
 
 
-async def _stream(reader: asyncssh.SSHReader[bytes], first: bytes, config: SSHConfig) -> AsyncIterator[bytes]:
-    if first:
-        yield first
-    while True:
-        with translate_errors(config, "reading output"):
-            chunk = await reader.read(_READ_SIZE)
-        if not chunk:
-            return
-        yield chunk
+async def _stream(
+    process: asyncssh.SSHClientProcess[bytes],
+    reader: asyncssh.SSHReader[bytes],
+    first: bytes,
+    config: SSHConfig,
+    *,
+    owns_channel: bool,
+) -> AsyncIterator[bytes]:
+    """A process's output. Abandoning the owning stream closes the channel: output nobody will
+    read would otherwise fill the window, sshd would never send its close, and the session slot
+    would stay taken for good."""
+    finished = False
+    try:
+        if first:
+            yield first
+        while True:
+            with translate_errors(config, "reading output"):
+                chunk = await reader.read(_READ_SIZE)
+            if not chunk:
+                finished = True
+                return
+            yield chunk
+    finally:
+        if owns_channel and not finished:
+            process.close()
 
 
 class RemoteHost(BaseHost):
@@ -133,8 +149,8 @@ class RemoteHost(BaseHost):
         self.ssh_config = ssh_config
         self._pool: SessionPool | None = None
         self._groups: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-        #: Processes whose channel has closed (asyncssh's is_closing() is already true after EOF).
-        self._ended: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: Every command whose channel is still open (it holds a session slot), and what it runs.
+        self._open_channels: dict[asyncssh.SSHClientProcess[bytes], str] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self._tails: set[Any] = set()
         self._listeners: list[asyncssh.SSHListener] = []
@@ -264,7 +280,7 @@ class RemoteHost(BaseHost):
             "starting a command",
             control=control,
         )
-        self._watch_until_closed(process, pool, link)
+        self._watch_until_closed(process, pool, link, " ".join(words)[:200])
         try:
             if extra_env:
                 process.stdin.write(env_assignments_line(extra_env).encode() + b"\n")
@@ -276,20 +292,27 @@ class RemoteHost(BaseHost):
             raise
         return _RemoteProcessHandle(
             pid_like=process,
-            stdout=_stream(process.stdout, first, self.ssh_config),
-            stderr=None if merge_stderr else _stream(process.stderr, b"", self.ssh_config),
+            stdout=_stream(process, process.stdout, first, self.ssh_config, owns_channel=True),
+            stderr=None
+            if merge_stderr
+            else _stream(process, process.stderr, b"", self.ssh_config, owns_channel=False),
             stdin=_RemoteStdin(process.stdin, self.ssh_config) if stdin else None,
         )
 
     def _watch_until_closed(
-        self, process: asyncssh.SSHClientProcess[bytes], pool: SessionPool, link: Link
+        self, process: asyncssh.SSHClientProcess[bytes], pool: SessionPool, link: Link, what: str
     ) -> None:
+        """Give the session slot back when the channel closes, whatever closes it (EOF and exit,
+        ``terminate_subprocess``, an abandoned output stream, a lost connection)."""
+        self._open_channels[process] = what
+
         async def release_when_closed() -> None:
             try:
                 await process.wait_closed()
             except Exception:
                 pass
             finally:
+                self._open_channels.pop(process, None)
                 pool.release(link)
 
         task = asyncio.get_running_loop().create_task(release_when_closed())
@@ -328,11 +351,17 @@ class RemoteHost(BaseHost):
 
     async def terminate_subprocess(self, handle: ProcessHandle, *, aggressive: bool = False) -> None:
         process = handle.pid_like
-        if self._has_ended(process):
-            return
-        group = self._groups.get(process)
-        if group is None:
+        try:
+            await self._end_group(process, aggressive=aggressive)
+        finally:
+            # However it ended, the caller is done with it. Output it left unread would keep the
+            # channel (and its session slot) open forever: sshd sends its close only after every
+            # byte fits into our window, and nobody reads to open it. Buffered output stays readable.
             process.close()
+
+    async def _end_group(self, process: asyncssh.SSHClientProcess[bytes], *, aggressive: bool) -> None:
+        group = self._groups.get(process)
+        if self._has_ended(process) or group is None:
             return
         if self._kill_later_if_cut_off(process):
             # Nothing can reach it now, and waiting here for a reconnect would hold back the
@@ -347,8 +376,7 @@ class RemoteHost(BaseHost):
         except HostConnectionError:
             self._kill_later_if_cut_off(process)
             raise
-        if not await self._wait_exit(process, KILL_REAP_WAIT):
-            process.close()
+        await self._wait_exit(process, KILL_REAP_WAIT)
 
     def _kill_later_if_cut_off(self, process: asyncssh.SSHClientProcess[bytes]) -> bool:
         """If ``process``'s connection is gone, queue its group to be killed after reconnecting."""
@@ -400,7 +428,7 @@ class RemoteHost(BaseHost):
         await handle.wait()
 
     def _has_ended(self, process: asyncssh.SSHClientProcess[bytes]) -> bool:
-        return process.returncode is not None or process in self._ended
+        return process.returncode is not None
 
     async def _wait_exit(self, process: asyncssh.SSHClientProcess[bytes], timeout: float) -> bool:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -409,6 +437,27 @@ class RemoteHost(BaseHost):
                 return False
             await asyncio.sleep(0.01)
         return True
+
+    def open_channels(self) -> list[str]:
+        """The commands whose channels are still open (each holds one of the server's session
+        slots). For leak checks in tests: a finished, killed or abandoned command is not listed."""
+        return sorted(self._open_channels.values())
+
+    async def wait_channels_closed(self, timeout: float) -> list[str]:
+        """Wait up to ``timeout`` seconds for every command channel to close; what is still open."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self._open_channels:
+                    watchers = [task for task in self._watchers if task is not self._cleanup]
+                    if not watchers:
+                        break
+                    await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+        return self.open_channels()
+
+    @property
+    def slots_in_use(self) -> int:
+        """Session slots taken on this host's connections (0 when nothing runs)."""
+        return 0 if self._pool is None else self._pool.slots_in_use
 
     # ---------------------------------------------------------------- files
 

@@ -28,6 +28,34 @@ __all__ = ["host", "local_host", "optio_sshd", "remote_host", "sshd_required"]
 
 _task_numbers = itertools.count()
 
+#: How long a test's command channels get to close after it ended, before they count as leaked.
+CHANNEL_CLOSE_WAIT = 5.0
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        "optio_host_check_channels",
+        type="bool",
+        default=False,
+        help="fail a test that leaves a RemoteHost command channel (an SSH session slot) open",
+    )
+
+
+async def _release(request: pytest.FixtureRequest, host: LocalHost | RemoteHost) -> None:
+    """Disconnect ``host``; first, if asked to, fail the test when it leaked a session slot."""
+    try:
+        if isinstance(host, RemoteHost) and request.config.getini("optio_host_check_channels"):
+            leaked = await host.wait_channels_closed(CHANNEL_CLOSE_WAIT)
+            if leaked or host.slots_in_use:
+                pytest.fail(
+                    f"{len(leaked)} command channel(s) still open {CHANNEL_CLOSE_WAIT:g}s after the "
+                    f"test ({host.slots_in_use} session slot(s) in use): {leaked}. End each process "
+                    "(read its output to the end, or terminate_subprocess) before the test returns.",
+                    pytrace=False,
+                )
+    finally:
+        await host.disconnect()
+
 
 def sshd_required() -> bool:
     """Whether a missing sshd must fail the run rather than skip (CI, or asked for)."""
@@ -78,13 +106,13 @@ async def _remote(server: SshServer) -> RemoteHost:
 
 
 @pytest_asyncio.fixture
-async def remote_host(optio_sshd: SshServer) -> AsyncIterator[RemoteHost]:
+async def remote_host(request: pytest.FixtureRequest, optio_sshd: SshServer) -> AsyncIterator[RemoteHost]:
     """A connected ``RemoteHost`` (to ``optio_sshd``) with a fresh taskdir and workdir."""
     host = await _remote(optio_sshd)
     try:
         yield host
     finally:
-        await host.disconnect()
+        await _release(request, host)
 
 
 @pytest_asyncio.fixture(params=["local", "remote"])
@@ -100,4 +128,4 @@ async def host(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     try:
         yield made
     finally:
-        await made.disconnect()
+        await _release(request, made)
