@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
 
 from optio_host.errors import HostConnectionError
 
-__all__ = ["ProcessHandle", "RunResult"]
+#: How a handle ends its process tree: ``terminate(handle, aggressive)`` (the host's own method).
+Terminator = Callable[["ProcessHandle", bool], Awaitable[None]]
+
+__all__ = ["ProcessHandle", "RunResult", "owned_by"]
 
 
 @dataclass
@@ -35,6 +41,47 @@ class ProcessHandle:
     stdout: AsyncIterator[bytes]
     stderr: AsyncIterator[bytes] | None = None
     stdin: Any | None = None
+    #: Set by the host that started it; ``None`` for handles built elsewhere (see ``owned_by``).
+    _terminate: Terminator | None = field(default=None, kw_only=True, repr=False, compare=False)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """End the process and every process it started, reap it and close its pipes or channel.
+
+        SIGTERM, up to 5 s grace, then SIGKILL; a process that already exited is only reaped
+        and closed. Cancelled during the grace, it kills at once, finishes the clean-up and
+        then re-raises, so nothing is left running. Output not read yet is discarded.
+        """
+        try:
+            if self._terminate is not None:
+                try:
+                    await self._terminate(self, False)
+                except asyncio.CancelledError:
+                    await asyncio.shield(self._terminate(self, True))
+                    raise
+        finally:
+            await asyncio.shield(self._close_streams())
+
+    async def kill(self) -> None:
+        """SIGKILL the whole tree at once and close; never raises (for clean-up paths)."""
+        with contextlib.suppress(Exception):
+            if self._terminate is not None:
+                await asyncio.shield(self._terminate(self, True))
+        await asyncio.shield(self._close_streams())
+
+    async def _close_streams(self) -> None:
+        for stream in (self.stdout, self.stderr):
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
 
     @property
     def returncode(self) -> int | None:
@@ -53,3 +100,24 @@ class ProcessHandle:
         if code is None:
             raise HostConnectionError("the connection closed before the process reported an exit status")
         return code
+
+
+def owned_by(handle: ProcessHandle, host: Any) -> ProcessHandle:
+    """``handle`` with ``aclose()``/``kill()`` ending it through ``host.terminate_subprocess``.
+
+    Our hosts bind their handles already; this is for handles a consumer's own ``Host`` made.
+    """
+    if not isinstance(handle, ProcessHandle):  # a duck-typed handle from a consumer's host
+        handle = ProcessHandle(
+            pid_like=handle.pid_like,
+            stdout=handle.stdout,
+            stderr=getattr(handle, "stderr", None),
+            stdin=getattr(handle, "stdin", None),
+        )
+    if handle._terminate is None:
+
+        async def terminate(target: ProcessHandle, aggressive: bool) -> None:
+            await host.terminate_subprocess(target, aggressive=aggressive)
+
+        handle._terminate = terminate
+    return handle

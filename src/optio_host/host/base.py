@@ -253,13 +253,17 @@ class BaseHost(ABC):
         input: str | bytes | None = None,
         timeout: float | None = None,
         check: bool = False,
+        on_stdout: Callable[[bytes], object] | None = None,
+        on_stderr: Callable[[bytes], object] | None = None,
     ) -> RunResult:
         """Run ``cmd`` to completion and return its decoded output and exit code.
 
         ``cmd`` is an argv sequence (no shell) or a shell string. ``input`` is
         fed to stdin. After ``timeout`` seconds the whole process tree is
         killed and ``CommandTimeout`` raised. ``check=True`` raises
-        ``HostCommandError`` on a non-zero exit.
+        ``HostCommandError`` on a non-zero exit. ``on_stdout``/``on_stderr``
+        stream that output as it comes (each chunk of bytes is passed to the
+        callable, and the result's field stays empty) instead of collecting it.
         """
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
@@ -270,10 +274,15 @@ class BaseHost(ABC):
         out = bytearray()
         err = bytearray()
 
-        async def pump(chunks: AsyncIterator[bytes] | None, sink: bytearray) -> None:
+        async def pump(
+            chunks: AsyncIterator[bytes] | None, sink: bytearray, stream: Callable[[bytes], object] | None
+        ) -> None:
             if chunks is not None:
                 async for chunk in chunks:
-                    sink += chunk
+                    if stream is None:
+                        sink += chunk
+                    else:
+                        stream(chunk)
 
         async def feed() -> None:
             if handle.stdin is None or data is None:
@@ -288,7 +297,9 @@ class BaseHost(ABC):
                 pass  # the command did not read all of its input; its exit code tells
 
         async def complete() -> int:
-            await asyncio.gather(pump(handle.stdout, out), pump(handle.stderr, err), feed())
+            await asyncio.gather(
+                pump(handle.stdout, out, on_stdout), pump(handle.stderr, err, on_stderr), feed()
+            )
             return await handle.wait()
 
         try:
@@ -296,7 +307,7 @@ class BaseHost(ABC):
             async with asyncio.timeout(timeout):
                 code = await complete()
         except TimeoutError:
-            await asyncio.shield(self.terminate_subprocess(handle, aggressive=True))
+            await handle.kill()
             killed = handle.returncode
             raise CommandTimeout(
                 cmd,
@@ -307,8 +318,9 @@ class BaseHost(ABC):
             ) from None
         except BaseException:
             # Cancelled or failed while running: leave no process behind.
-            await asyncio.shield(self._kill_quietly(handle))
+            await handle.kill()
             raise
+        await handle.aclose()  # it has exited: reap it and close its pipes or channel
         result = RunResult(out.decode(errors="replace"), err.decode(errors="replace"), code)
         if check and code != 0:
             raise HostCommandError(cmd, code, result.stdout, result.stderr)

@@ -17,7 +17,7 @@ from optio_host._streams import CHUNK_SIZE, local_file_sha256
 from optio_host.archive import consume_workdir_archive, yield_workdir_archive
 from optio_host.host._watch import POLL_INTERVAL, FileWatch, watch_file
 from optio_host.host.base import BaseHost, Command
-from optio_host.process import ProcessHandle
+from optio_host.process import ProcessHandle, owned_by
 from optio_host.quoting import validate_argv, validate_env
 
 __all__ = ["LocalHost"]
@@ -139,15 +139,26 @@ class LocalHost(BaseHost):
             raise PermissionError(f"program is not executable: {argv[0]}") from None
         if process.stdout is None:  # pragma: no cover - stdout=PIPE guarantees it
             raise RuntimeError("subprocess started without a stdout pipe")
-        return ProcessHandle(
+        handle = ProcessHandle(
             pid_like=process,
             stdout=_read_chunks(process.stdout),
             stderr=None if merge_stderr or process.stderr is None else _read_chunks(process.stderr),
             stdin=process.stdin if stdin else None,
         )
+        return owned_by(handle, self)
 
     async def terminate_subprocess(self, handle: ProcessHandle, *, aggressive: bool = False) -> None:
         process = handle.pid_like
+        try:
+            await self._end_group(process, aggressive=aggressive)
+        finally:
+            # The caller is done with it: close the pipes now rather than leave the transport to
+            # the garbage collector (which may run after the event loop is gone).
+            transport = getattr(process, "_transport", None)
+            if transport is not None and process.returncode is not None:
+                transport.close()
+
+    async def _end_group(self, process: asyncio.subprocess.Process, *, aggressive: bool) -> None:
         if process.returncode is not None:
             return
         group = process.pid  # a session leader: its pid is its process group id

@@ -29,7 +29,7 @@ from optio_host.host import _scripts as scripts
 from optio_host.host._ssh import Link, SessionPool, describe, translate_errors
 from optio_host.host.base import BaseHost, Command
 from optio_host.paths import temp_name_for
-from optio_host.process import ProcessHandle
+from optio_host.process import ProcessHandle, owned_by
 from optio_host.quoting import env_assignments_line, script_argv, validate_argv, validate_env
 from optio_host.types import SSHConfig
 
@@ -290,13 +290,16 @@ class RemoteHost(BaseHost):
         except BaseException:
             process.close()
             raise
-        return _RemoteProcessHandle(
-            pid_like=process,
-            stdout=_stream(process, process.stdout, first, self.ssh_config, owns_channel=True),
-            stderr=None
-            if merge_stderr
-            else _stream(process, process.stderr, b"", self.ssh_config, owns_channel=False),
-            stdin=_RemoteStdin(process.stdin, self.ssh_config) if stdin else None,
+        return owned_by(
+            _RemoteProcessHandle(
+                pid_like=process,
+                stdout=_stream(process, process.stdout, first, self.ssh_config, owns_channel=True),
+                stderr=None
+                if merge_stderr
+                else _stream(process, process.stderr, b"", self.ssh_config, owns_channel=False),
+                stdin=_RemoteStdin(process.stdin, self.ssh_config) if stdin else None,
+            ),
+            self,
         )
 
     def _watch_until_closed(
