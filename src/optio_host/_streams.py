@@ -13,7 +13,7 @@ import hashlib
 import io
 import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 __all__ = [
@@ -279,10 +279,3 @@ class Sha256Tap:
         if percent - self._last_percent >= 1.0 or (percent >= 100.0 > self._last_percent):
             self._last_percent = percent
             self._progress(round(percent, 1), None)
-
-
-async def maybe_await(value: Awaitable[T] | T) -> T:
-    """Await ``value`` if it is awaitable (for callbacks that may be sync or async)."""
-    if isinstance(value, Awaitable):
-        return await value
-    return value

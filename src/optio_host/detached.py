@@ -17,20 +17,30 @@ import posixpath
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from optio_host.errors import HostConnectionError
+from optio_host.process import TERMINATE_GRACE, RunResult
 from optio_host.quoting import script_argv, validate_argv
 
-if TYPE_CHECKING:
-    from optio_host.host.interface import Host
+
+class _RunsCommands(Protocol):
+    """What a detached process needs of its host (every ``Host`` has it)."""
+
+    @property
+    def taskdir(self) -> str: ...
+
+    async def run(
+        self, cmd: str | Sequence[str], *, cwd: str | None = None, env: Mapping[str, str] | None = None
+    ) -> RunResult: ...
+
+    async def fetch_bytes_from_host(self, absolute_path: str) -> bytes: ...
+
 
 __all__ = ["KILLED", "DetachedProcess", "launch_detached"]
 
 #: Exit code reported when the process ended without recording a status (killed with its runner).
 KILLED = -9
-#: Grace period of a non-aggressive terminate (as for ``terminate_subprocess``).
-TERMINATE_GRACE = 5.0
 
 # $1 state folder, $2 "sh"|"argv", then the command. The runner is a session leader (setsid), so
 # its pid is the group to signal; it records the exit status once the command ends.
@@ -80,7 +90,7 @@ _SIGNAL = r"""pid=$(cat -- "$1/pid") && kill -s "$2" -- "-$pid" 2>/dev/null; exi
 class DetachedProcess:
     """A process started by ``launch_detached``: wait for it, end it, read its output."""
 
-    def __init__(self, host: Host, state_dir: str) -> None:
+    def __init__(self, host: _RunsCommands, state_dir: str) -> None:
         self.host = host
         self.state_dir = state_dir
 
@@ -146,7 +156,7 @@ class DetachedProcess:
 
 
 async def launch_detached(
-    host: Host,
+    host: _RunsCommands,
     command: str | Sequence[str],
     *,
     env: Mapping[str, str] | None = None,

@@ -11,10 +11,15 @@ from typing import Any, Self
 
 from optio_host.errors import HostConnectionError
 
+#: Grace between SIGTERM and SIGKILL when a process tree is ended gently (every host, detached too).
+TERMINATE_GRACE = 5.0
+#: How long ending a process waits for the killed process to be reaped.
+KILL_REAP_WAIT = 2.0
+
 #: How a handle ends its process tree: ``terminate(handle, aggressive)`` (the host's own method).
 Terminator = Callable[["ProcessHandle", bool], Awaitable[None]]
 
-__all__ = ["ProcessHandle", "RunResult", "owned_by"]
+__all__ = ["KILL_REAP_WAIT", "TERMINATE_GRACE", "ProcessHandle", "RunResult", "owned_by"]
 
 
 @dataclass

@@ -19,7 +19,7 @@ import errno
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -395,14 +395,6 @@ class SessionPool:
     def release(self, link: Link) -> None:
         link.busy -= 1
         self._changed.set()
-
-    @contextlib.asynccontextmanager
-    async def slot(self, *, control: bool = False) -> AsyncIterator[Link]:
-        link = await self.acquire(control=control)
-        try:
-            yield link
-        finally:
-            self.release(link)
 
     async def start_process(
         self, command_for: Callable[[Link], str], what: str, *, control: bool = False

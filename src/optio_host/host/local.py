@@ -17,15 +17,11 @@ from optio_host._streams import CHUNK_SIZE, local_file_sha256
 from optio_host.archive import consume_workdir_archive, yield_workdir_archive
 from optio_host.host._watch import POLL_INTERVAL, FileWatch, watch_file
 from optio_host.host.base import BaseHost, Command
-from optio_host.process import ProcessHandle, owned_by
+from optio_host.process import KILL_REAP_WAIT, TERMINATE_GRACE, ProcessHandle, owned_by
 from optio_host.quoting import validate_argv, validate_env
 
 __all__ = ["LocalHost"]
 
-#: Grace period between SIGTERM and SIGKILL for a non-aggressive terminate.
-TERMINATE_GRACE = 5.0
-#: How long an aggressive terminate waits for the killed process to be reaped.
-KILL_REAP_WAIT = 2.0
 #: With inotify, re-check this often anyway (guards against a missed event).
 _SAFETY_RECHECK = 0.5
 

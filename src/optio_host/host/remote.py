@@ -29,7 +29,7 @@ from optio_host.host import _scripts as scripts
 from optio_host.host._ssh import Link, SessionPool, describe, translate_errors
 from optio_host.host.base import BaseHost, Command
 from optio_host.paths import temp_name_for
-from optio_host.process import ProcessHandle, owned_by
+from optio_host.process import KILL_REAP_WAIT, TERMINATE_GRACE, ProcessHandle, owned_by
 from optio_host.quoting import env_assignments_line, script_argv, validate_argv, validate_env
 from optio_host.types import SSHConfig
 
@@ -37,8 +37,6 @@ __all__ = ["RemoteHost"]
 
 _T = TypeVar("_T")
 
-TERMINATE_GRACE = 5.0
-KILL_REAP_WAIT = 2.0
 #: Each read takes everything buffered (up to more than a channel window). asyncssh refills the
 #: window whenever it hands buffered data on, even while more waits undelivered in the channel:
 #: reading in smaller pieces lets a slow reader's backlog grow by a window per read (seen: 170 MB
