@@ -8,12 +8,16 @@ only after the last byte fits into our window), so every way a process can end m
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
+import logging
 import textwrap
 
 import pytest
 
 from optio_host import RemoteHost
+from optio_host.host import _ssh
+from optio_host.testing.sshd import SshServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -133,3 +137,41 @@ def test_the_plugin_fails_a_test_that_leaks_a_channel(pytester: pytest.Pytester)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=100)
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*1 command channel(s) still open*['yes']*"])
+
+
+class _Heard(logging.Handler):
+    """Sets an event when a record arrives (so the test awaits the warning, no polling)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = asyncio.Event()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        self.event.set()
+
+
+async def test_a_long_wait_for_a_slot_names_what_holds_them(
+    optio_sshd: SshServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_ssh, "SLOT_WAIT_WARNING", 0.2)
+    heard = _Heard()
+    logging.getLogger("optio_host.ssh").addHandler(heard)
+    config = dataclasses.replace(optio_sshd.ssh_config(), max_sessions=3)  # 1 slot x 4 connections
+    try:
+        async with RemoteHost(config, optio_sshd.scratch + "/slots-wait") as host:
+            await host.setup_workdir()
+            handles = [await host.launch_subprocess("yes") for _ in range(4)]
+            waiting = asyncio.ensure_future(host.launch_subprocess(["echo", "fifth"]))
+            await asyncio.wait_for(heard.event.wait(), 20)
+            assert not waiting.done()  # every slot is held by a live command: waiting is right
+            assert "held by ['yes', 'yes', 'yes', 'yes']" in heard.messages[0]
+            await handles[0].aclose()
+            async with await asyncio.wait_for(waiting, 20) as fifth:
+                assert await anext(fifth.stdout) == b"fifth\n"
+            for handle in handles[1:]:
+                await handle.kill()
+            await _no_slot_in_use(host)
+    finally:
+        logging.getLogger("optio_host.ssh").removeHandler(heard)

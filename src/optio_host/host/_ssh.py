@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import time
 import weakref
@@ -36,6 +37,7 @@ from optio_host.types import HOST_KEY_POLICY_ENV, SSHConfig, effective_host_key_
 __all__ = ["MAX_LINKS", "Link", "SessionPool", "describe", "translate_errors"]
 
 _T = TypeVar("_T")
+_log = logging.getLogger("optio_host.ssh")
 
 #: At most this many SSH connections per host (sshd's MaxStartups limits parallel handshakes,
 #: so they are opened one at a time).
@@ -47,6 +49,8 @@ MAX_HANDSHAKES = 8
 _HANDSHAKE_RETRIES = (0.2, 0.5, 1.0)
 #: Slots per connection kept back: one for the SFTP channel, one for control commands (kill).
 _RESERVED_SLOTS = 2
+#: A wait for a session slot this long is logged, with what holds the slots.
+SLOT_WAIT_WARNING = 30.0
 #: How long a refused channel open is retried before giving up.
 _OPEN_RETRY_BUDGET = 60.0
 #: How often an operation that found its connection dead is sent again on a fresh one.
@@ -287,6 +291,9 @@ class SessionPool:
         self._failure: tuple[HostConnectionError, float] | None = None
         #: Called after a lost connection was replaced (the owner's clean-up of what it left behind).
         self.on_reconnect: Callable[[], None] | None = None
+        #: What holds the slots (the owner's open commands), for the warning about a long wait.
+        self.describe_holders: Callable[[], list[str]] | None = None
+        self._warned = False
 
     @property
     def primary(self) -> Link:
@@ -384,7 +391,23 @@ class SessionPool:
                     self._opening = False
                 link.busy += 1
                 return link
+            self._warn_if_starved(started)
             await self._wait_for_change(5.0)
+
+    def _warn_if_starved(self, started: float) -> None:
+        """Waiting is right while live commands hold every slot; say who holds them, once a
+        wait gets long, so a leak (a channel nobody closes) is visible rather than a silent hang."""
+        waited = time.monotonic() - started
+        if waited >= SLOT_WAIT_WARNING and not self._warned:
+            self._warned = True
+            holders = self.describe_holders() if self.describe_holders is not None else []
+            _log.warning(
+                "waited %.0fs for an SSH session slot on %s: all %d are held by %s",
+                waited,
+                describe(self._config),
+                self.slots_in_use,
+                holders or "commands still running",
+            )
 
     async def _wait_for_change(self, timeout: float) -> None:
         self._changed.clear()

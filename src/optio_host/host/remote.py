@@ -178,6 +178,7 @@ class RemoteHost(BaseHost):
         if self._pool is None:
             self._pool = SessionPool(self.ssh_config)
             self._pool.on_reconnect = self._schedule_cleanup
+            self._pool.describe_holders = self.open_channels
         await self._pool.start()
 
     def _is_open(self) -> bool:
