@@ -8,7 +8,7 @@ from typing import Any
 
 from optio_host.errors import HostConnectionError
 
-__all__ = ["ProcessHandle", "RunResult"]
+__all__ = ["ProcessHandle", "RunResult", "proc_wait"]
 
 
 @dataclass
@@ -48,8 +48,29 @@ class ProcessHandle:
         Drain ``stdout``/``stderr`` first (or concurrently): a process whose
         output nobody reads can block forever on a full pipe.
         """
-        outcome = await self.pid_like.wait()
-        code = outcome if isinstance(outcome, int) else self.returncode
-        if code is None:
-            raise HostConnectionError("the connection closed before the process reported an exit status")
-        return code
+        return _exit_code(self.pid_like, await self.pid_like.wait())
+
+
+async def proc_wait(handle: Any) -> int:
+    """Await the end of a ``ProcessHandle`` and return its exit code.
+
+    Also takes any object whose ``pid_like`` has an async ``wait()`` (a
+    consumer's own handle): its result, or ``pid_like.returncode``, is the code.
+    """
+    if isinstance(handle, ProcessHandle):
+        return await handle.wait()
+    wait = getattr(getattr(handle, "pid_like", None), "wait", None)
+    if not callable(wait):
+        raise TypeError(
+            f"proc_wait() needs a ProcessHandle (or an object whose pid_like has an async wait()), "
+            f"not {type(handle).__name__}"
+        )
+    return _exit_code(handle.pid_like, await wait())
+
+
+def _exit_code(pid_like: Any, outcome: Any) -> int:
+    # asyncio's wait() returns the code; asyncssh's returns a result object carrying it.
+    for code in (outcome, getattr(outcome, "returncode", None), getattr(pid_like, "returncode", None)):
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code
+    raise HostConnectionError("the connection closed before the process reported an exit status")
