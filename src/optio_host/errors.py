@@ -38,7 +38,7 @@ __all__ = [
     "redact_url",
 ]
 
-#: How much of stderr ``str(HostCommandError)`` and ``str(DownloadFailed)`` show (a published text).
+#: How much of stderr ``str(HostCommandError)`` shows (a published text).
 _STDERR_PREVIEW = 200
 # "[scheme://]userinfo@": up to the last "@" before the path, query or fragment begins.
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@")
@@ -125,7 +125,9 @@ class DownloadFailed(Exception):
 
     def __str__(self) -> str:
         head = f"download failed (exit {self.exit_code}): {redact_url(self.url)} -> {self.target}"
-        return f"{head}\nstderr: {self.stderr_tail[:_STDERR_PREVIEW]}"
+        # All of the tail (at most ~1 KiB): its start is what 0.1.x showed, the rest is detail after it
+        # (a checksum mismatch names both digests).
+        return f"{head}\nstderr: {self.stderr_tail}"
 
 
 class HostConnectionError(ConnectionError):
