@@ -675,3 +675,58 @@ async def test_hook_context_download_file_refuses_a_link_out(
     with pytest.raises(DownloadFailed, match="refused"):
         await HookContext(ctx, local_host).download_file(http_server.url(f"/sized/{SMALL}"), "link/x.bin")
     assert list(outside.iterdir()) == []
+
+
+class _Host012:
+    """A consumer's own host: exactly the 0.1.2 ``Host`` methods, delegating to a LocalHost."""
+
+    def __init__(self, inner: LocalHost) -> None:
+        self._inner = inner
+        self.taskdir = inner.taskdir
+        self.workdir = inner.workdir
+
+    async def launch_subprocess(self, command: Any, *, env: Any = None, cwd: Any = None, **kw: Any) -> Any:
+        assert set(kw) <= {"merge_stderr", "stdin"}, kw
+        return await self._inner.launch_subprocess(command, env=env, cwd=cwd, **kw)
+
+    async def terminate_subprocess(self, handle: Any, *, aggressive: bool) -> None:
+        await self._inner.terminate_subprocess(handle, aggressive=aggressive)
+
+    async def run_command(self, command: str, *, cwd: Any = None, env: Any = None) -> Any:
+        assert isinstance(command, str)
+        return await self._inner.run_command(command, cwd=cwd, env=env)
+
+    async def remove_file(self, path: str) -> None:
+        await self._inner.remove_file(path)
+
+    async def fetch_bytes_from_host(self, absolute_path: str, *, progress_cb: Any = None) -> bytes:
+        return await self._inner.fetch_bytes_from_host(absolute_path, progress_cb=progress_cb)
+
+
+@pytest.mark.timeout(30)
+async def test_a_host_with_only_the_0_1_2_methods_works(local_host: LocalHost, http_server: _Server) -> None:
+    fake: Any = _Host012(local_host)
+    target = local_host.workdir + "/fake/f.bin"
+    digest = hashlib.sha256(body_of(SMALL)).hexdigest()
+    task = create_download_task(
+        "t", "d", url=http_server.url(f"/sized/{SMALL}"), target=target, host=fake, expected_sha256=digest
+    )
+    await task.execute(RecordingContext())
+    assert await local_host.fetch_bytes_from_host(target) == body_of(SMALL)
+    bad = create_download_task(
+        "t",
+        "d",
+        url=http_server.url(f"/sized/{SMALL}"),
+        target=target + "2",
+        host=fake,
+        expected_sha256="0" * 64,
+    )
+    with pytest.raises(DownloadFailed, match=digest):
+        await bad.execute(RecordingContext())
+    os.symlink("/", local_host.workdir + "/root")
+    escape = create_download_task(
+        "t", "d", url=http_server.url("/sized/1"), target=local_host.workdir + "/root/x", host=fake
+    )
+    with pytest.raises(DownloadFailed, match="refused"):
+        await escape.execute(RecordingContext())
+    assert sorted(os.listdir(local_host.workdir + "/fake")) == ["f.bin"]
