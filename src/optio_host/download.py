@@ -225,9 +225,10 @@ class _Download:
     async def _place(self, host: Host) -> str:
         """Where to write: a target inside the host's workdir must resolve (on the host) inside it."""
         workdir = _workdir_of(host) if self.host is not None else None
-        if workdir is None or not self.target.startswith(workdir.rstrip("/") + "/"):
+        lexical = posixpath.normpath(self.target)
+        if workdir is None or not lexical.startswith(workdir.rstrip("/") + "/"):
             return self.target
-        folder = posixpath.dirname(self.target)
+        folder = posixpath.dirname(lexical)
         result = await host.run_command(join(script_argv(_RESOLVE, workdir, folder)), cwd="/")
         parts = result.stdout.split("\0")
         if result.exit_code != 0 or len(parts) != 5:
@@ -246,7 +247,7 @@ class _Download:
                 f"{real_workdir} (a symlink leads out of it); remove the link or give a target outside "
                 "the workdir explicitly",
             )
-        return posixpath.join(real_folder, posixpath.basename(self.target))
+        return posixpath.join(real_folder, posixpath.basename(lexical))
 
     async def _discard(self, host: Host, temp: str, target: str) -> None:
         """Remove what a failed or cancelled download left; never masks the original error."""
