@@ -93,6 +93,16 @@ def test_download_failed_never_shows_credentials(url: str, shown: str) -> None:
     assert error.url == url  # the attribute keeps what was given
 
 
+def test_redact_url_masks_credentials_quoted_in_other_text() -> None:
+    from optio_host.errors import redact_credentials
+
+    url = "https://me:s3cret@example.org/f"
+    assert redact_credentials(url, "curl: could not log in as me:s3cret") == "curl: could not log in as ***"
+    assert redact_credentials("https://example.org/f", "me:s3cret") == "me:s3cret"
+    error = DownloadFailed(url=url, target="/t", exit_code=67, stderr_tail="denied for me:s3cret")
+    assert str(error).endswith("\nstderr: denied for ***") and "s3cret" not in repr(error)
+
+
 # --------------------------------------------------------------------- names later consumers call
 
 

@@ -30,7 +30,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from optio_host.errors import DownloadFailed, redact_url
+from optio_host.errors import DownloadFailed, redact_credentials, redact_url
 from optio_host.host import _scripts as scripts
 from optio_host.host.base import Host, checksum_mismatch, kill_quietly, normalize_sha256
 from optio_host.host.local import LocalHost
@@ -183,9 +183,9 @@ class _Download:
         self.protocols = protocols
 
     def _failed(self, exit_code: int | None, stderr_tail: str) -> DownloadFailed:
-        return DownloadFailed(
-            url=self.url, target=self.target, exit_code=exit_code, stderr_tail=stderr_tail[-STDERR_TAIL:]
-        )
+        # curl's own words could quote the URL: its credentials never leave in a message.
+        tail = redact_credentials(self.url, stderr_tail)[-STDERR_TAIL:]
+        return DownloadFailed(url=self.url, target=self.target, exit_code=exit_code, stderr_tail=tail)
 
     async def execute(self, ctx: Any) -> None:
         basename = posixpath.basename(self.target)

@@ -35,18 +35,25 @@ __all__ = [
     "HostNotConnected",
     "SessionFailed",
     "format_command",
+    "redact_credentials",
     "redact_url",
 ]
 
 #: How much of stderr ``str(HostCommandError)`` shows (a published text).
 _STDERR_PREVIEW = 200
 # "[scheme://]userinfo@": up to the last "@" before the path, query or fragment begins.
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@")
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?([^/?#]*)@")
 
 
 def redact_url(url: str) -> str:
     """``url`` with any ``user:password@`` shown as ``***@``, for messages."""
     return _USERINFO.sub(r"\1***@", url, count=1)
+
+
+def redact_credentials(url: str, text: str) -> str:
+    """``text`` (e.g. a tool's error output) with the credentials of ``url`` shown as ``***``."""
+    userinfo = _USERINFO.match(url)
+    return text.replace(userinfo.group(2), "***") if userinfo and userinfo.group(2) else text
 
 
 def format_command(command: str | Sequence[str]) -> str:
@@ -121,13 +128,13 @@ class DownloadFailed(Exception):
         self.exit_code = exit_code
         self.stderr_tail = stderr_tail
         # args feed repr(), which progress messages show: never the URL's credentials.
-        super().__init__(redact_url(url), target, exit_code, stderr_tail)
+        super().__init__(redact_url(url), target, exit_code, redact_credentials(url, stderr_tail))
 
     def __str__(self) -> str:
         head = f"download failed (exit {self.exit_code}): {redact_url(self.url)} -> {self.target}"
         # All of the tail (at most ~1 KiB): its start is what 0.1.x showed, the rest is detail after it
         # (a checksum mismatch names both digests).
-        return f"{head}\nstderr: {self.stderr_tail}"
+        return f"{head}\nstderr: {redact_credentials(self.url, self.stderr_tail)}"
 
 
 class HostConnectionError(ConnectionError):
