@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import inspect
 import os
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
@@ -47,6 +48,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
+        self.server.authorizations.append(self.headers.get("Authorization"))
         try:
             if path.startswith("/sized/"):
                 self._send(body_of(int(path.rsplit("/", 1)[1])))
@@ -66,6 +68,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
             elif path.startswith("/endless/"):
                 self._endless(path.rsplit("/", 1)[1])
+            elif path.startswith("/to/"):
+                self.send_response(302)
+                self.send_header("Location", unquote(path[len("/to/") :]))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             elif path.startswith("/redirect/"):
                 self.send_response(302)
                 self.send_header("Location", "/sized/" + path.rsplit("/", 1)[1])
@@ -113,6 +120,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.stopping = threading.Event()
         self.started: dict[str, threading.Event] = {}
+        self.authorizations: list[str | None] = []
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}{path}"
@@ -398,6 +406,7 @@ async def test_checksum_mismatch_fails_naming_both_digests(site: Site, http_serv
 
 
 async def curl_running(site: Site, marker: str) -> bool:
+    """Whether a curl writing to a target named with ``marker`` runs (its URL is not on its command line)."""
     probe = site.task_host or site.inspect
     # "[c]url" matches curl's command line but not pgrep's own.
     result = await probe.run(["pgrep", "-f", f"[c]url .*{marker}"], cwd="/")
@@ -409,7 +418,7 @@ async def curl_running(site: Site, marker: str) -> bool:
 async def test_cancellation_stops_curl_and_removes_everything(site: Site, http_server: _Server) -> None:
     marker = "m" + secrets.token_hex(8)
     started = http_server.started_event(marker)
-    target = site.folder + "/endless.bin"
+    target = site.folder + f"/endless-{marker}.bin"
     await site.inspect.put_file_to_host(b"old", target)
     ctx = RecordingContext()
     task = create_download_task(
@@ -449,7 +458,11 @@ async def test_asyncio_cancellation_kills_curl_too(local_host: Host, http_server
     started = http_server.started_event(marker)
     site = Site(local_host, local_host, local_host.workdir)
     task = create_download_task(
-        "t", "d", url=http_server.url(f"/endless/{marker}"), target=site.folder + "/x.bin", host=local_host
+        "t",
+        "d",
+        url=http_server.url(f"/endless/{marker}"),
+        target=f"{site.folder}/x-{marker}.bin",
+        host=local_host,
     )
     running = asyncio.create_task(task.execute(RecordingContext()))
     assert await asyncio.to_thread(started.wait, 15)
@@ -510,3 +523,210 @@ async def test_missing_curl_is_a_clear_download_failure(
     with pytest.raises(DownloadFailed, match="install curl") as caught:
         await task.execute(RecordingContext())
     assert caught.value.exit_code == 127
+
+
+# ------------------------------------------------------------------ hardening: protocols, credentials, links
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "FILE:///etc/passwd", "dict://127.0.0.1:1/x", "scp://h/x"]
+)
+def test_only_http_and_https_by_default(url: str) -> None:
+    scheme = url.split(":", 1)[0]
+    with pytest.raises(ValueError, match=f"scheme '{scheme}' is not allowed.*protocols="):
+        create_download_task("t", "d", url=url, target="/tmp/x.bin")
+
+
+@pytest.mark.parametrize(
+    ("protocols", "error"),
+    [("https", TypeError), ((), TypeError), (("ht tp",), ValueError), ((1,), ValueError)],
+)
+def test_protocols_are_checked(protocols: Any, error: type) -> None:
+    with pytest.raises(error, match="protocols"):
+        create_download_task("t", "d", url="http://h/x", target="/tmp/x.bin", protocols=protocols)
+
+
+@pytest.mark.timeout(30)
+async def test_curl_itself_refuses_other_protocols(site: Site, http_server: _Server) -> None:
+    # No scheme: curl guesses ftp from the name; a redirect to ftp: both refused by curl's --proto.
+    for url in ("ftp.localhost/x", http_server.url("/to/" + quote("ftp://127.0.0.1:1/x", safe=""))):
+        with pytest.raises(DownloadFailed) as caught:
+            await run_task(site, url, site.folder + "/refused.bin")
+        assert caught.value.exit_code == 1, caught.value
+        assert "disabled" in caught.value.stderr_tail
+    assert await site.names() == []
+
+
+@pytest.mark.timeout(30)
+async def test_protocols_widen_what_is_fetched(site: Site) -> None:
+    source = site.folder + "/source/a file.txt"
+    await site.inspect.put_file_to_host(b"from a file URL", source)
+    url = "file://" + quote(source)
+    target = site.folder + "/copy.txt"
+    await run_task(site, url, target, protocols=("http", "https", "file"))
+    assert await site.content(target) == b"from a file URL"
+
+
+def _command_lines() -> list[bytes]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found.append((entry / "cmdline").read_bytes())
+            except OSError:
+                pass  # ended meanwhile, or not ours to read
+    return found
+
+
+@pytest.mark.timeout(30)
+async def test_credentials_stay_off_command_lines_and_out_of_messages(
+    site: Site, http_server: _Server
+) -> None:
+    marker = "m" + secrets.token_hex(8)
+    secret = "pw-" + secrets.token_hex(8)
+    port = http_server.server_address[1]
+    url = f"http://someone:{secret}@127.0.0.1:{port}/endless/{marker}"
+    ctx = RecordingContext()
+    task = create_download_task(
+        "t", "d", url=url, target=f"{site.folder}/c-{marker}.bin", host=site.task_host
+    )
+    running = asyncio.create_task(task.execute(ctx))
+    try:
+        assert await asyncio.to_thread(http_server.started_event(marker).wait, 15)
+        assert await curl_running(site, marker)
+        # curl runs on this machine (a loopback sshd for the remote host): its argv is visible here.
+        assert not [line for line in _command_lines() if secret.encode() in line]
+        ctx.cancel()
+        await asyncio.wait_for(running, 10)
+    finally:
+        running.cancel()
+    expected = "Basic " + base64.b64encode(f"someone:{secret}".encode()).decode()
+    assert expected in http_server.authorizations  # the credentials did reach the server
+
+    failing = f"http://someone:{secret}@127.0.0.1:{port}/missing"
+    with pytest.raises(DownloadFailed) as caught:
+        await run_task(site, failing, site.folder + "/missing.bin")
+    shown = f"http://***@127.0.0.1:{port}/missing"
+    assert str(caught.value).startswith(
+        f"download failed (exit 22): {shown} -> {site.folder}/missing.bin\nstderr: "
+    )
+    for text in (str(caught.value), repr(caught.value), repr(ctx.progress)):
+        assert secret not in text
+
+
+@pytest.mark.timeout(30)
+async def test_a_url_with_quotes_and_backslashes_reaches_curl_intact(
+    site: Site, http_server: _Server
+) -> None:
+    # The config line on curl's stdin is a quoted string: quotes and backslashes must survive it.
+    target = site.folder + "/quoted.bin"
+    await run_task(site, http_server.url(f'/sized/{SMALL}?q="a\\b"'), target)
+    assert await site.content(target) == body_of(SMALL)
+
+
+@pytest.fixture(params=["local", "remote"])
+def workdir_site(request: pytest.FixtureRequest) -> Site:
+    host: Host = request.getfixturevalue(f"{request.param}_host")
+    return Site(host, host, host.workdir)
+
+
+@pytest.mark.timeout(30)
+async def test_a_symlink_leading_out_of_the_workdir_is_refused(
+    workdir_site: Site, http_server: _Server
+) -> None:
+    site = workdir_site
+    # Outside the workdir, made by the host's own user (the remote one is another user).
+    outside = posixpath.dirname(site.inspect.taskdir) + "/outside-" + secrets.token_hex(4)
+    await site.inspect.put_file_to_host(b"keep", outside + "/f.bin")
+    await site.inspect.run(["mkdir", outside + "/sub"], check=True)
+    links = {"out": outside, "up": "..", "dangling": outside + "/not-yet", "file": outside + "/f.bin"}
+    for link, to in links.items():
+        await site.inspect.run(["ln", "-s", to, f"{site.folder}/{link}"], check=True)
+    for target in ("out/f.bin", "out/sub/new/f.bin", "up/f.bin", "dangling/f.bin", "file/f.bin"):
+        with pytest.raises(DownloadFailed, match=r"refused: ") as caught:
+            await run_task(site, http_server.url(f"/sized/{SMALL}"), f"{site.folder}/{target}")
+        assert caught.value.exit_code is None
+    listing = await site.inspect.run(["find", outside], check=True)
+    assert sorted(listing.stdout.split()) == sorted([outside, outside + "/f.bin", outside + "/sub"])
+    assert await site.content(outside + "/f.bin") == b"keep"  # not written, not removed by the clean-up
+    await site.inspect.run(["rm", "-rf", outside], check=True)
+
+
+@pytest.mark.timeout(30)
+async def test_a_symlink_that_stays_inside_the_workdir_is_followed(
+    workdir_site: Site, http_server: _Server
+) -> None:
+    site = workdir_site
+    await site.inspect.run(["mkdir", "-p", f"{site.folder}/real"], check=True)
+    await site.inspect.run(["ln", "-s", "real", f"{site.folder}/inner"], check=True)
+    await run_task(site, http_server.url(f"/sized/{SMALL}"), f"{site.folder}/inner/deeper/f.bin")
+    assert await site.content(f"{site.folder}/real/deeper/f.bin") == body_of(SMALL)
+    assert await site.names(f"{site.folder}/real/deeper") == ["f.bin"]
+
+
+@pytest.mark.timeout(30)
+async def test_hook_context_download_file_refuses_a_link_out(
+    local_host: LocalHost, http_server: _Server, tmp_path: Path
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    os.symlink(outside, f"{local_host.workdir}/link")
+    ctx = RecordingContext()
+    with pytest.raises(DownloadFailed, match="refused"):
+        await HookContext(ctx, local_host).download_file(http_server.url(f"/sized/{SMALL}"), "link/x.bin")
+    assert list(outside.iterdir()) == []
+
+
+class _Host012:
+    """A consumer's own host: exactly the 0.1.2 ``Host`` methods, delegating to a LocalHost."""
+
+    def __init__(self, inner: LocalHost) -> None:
+        self._inner = inner
+        self.taskdir = inner.taskdir
+        self.workdir = inner.workdir
+
+    async def launch_subprocess(self, command: Any, *, env: Any = None, cwd: Any = None, **kw: Any) -> Any:
+        assert set(kw) <= {"merge_stderr", "stdin"}, kw
+        return await self._inner.launch_subprocess(command, env=env, cwd=cwd, **kw)
+
+    async def terminate_subprocess(self, handle: Any, *, aggressive: bool) -> None:
+        await self._inner.terminate_subprocess(handle, aggressive=aggressive)
+
+    async def run_command(self, command: str, *, cwd: Any = None, env: Any = None) -> Any:
+        assert isinstance(command, str)
+        return await self._inner.run_command(command, cwd=cwd, env=env)
+
+    async def remove_file(self, path: str) -> None:
+        await self._inner.remove_file(path)
+
+    async def fetch_bytes_from_host(self, absolute_path: str, *, progress_cb: Any = None) -> bytes:
+        return await self._inner.fetch_bytes_from_host(absolute_path, progress_cb=progress_cb)
+
+
+@pytest.mark.timeout(30)
+async def test_a_host_with_only_the_0_1_2_methods_works(local_host: LocalHost, http_server: _Server) -> None:
+    fake: Any = _Host012(local_host)
+    target = local_host.workdir + "/fake/f.bin"
+    digest = hashlib.sha256(body_of(SMALL)).hexdigest()
+    task = create_download_task(
+        "t", "d", url=http_server.url(f"/sized/{SMALL}"), target=target, host=fake, expected_sha256=digest
+    )
+    await task.execute(RecordingContext())
+    assert await local_host.fetch_bytes_from_host(target) == body_of(SMALL)
+    bad = create_download_task(
+        "t",
+        "d",
+        url=http_server.url(f"/sized/{SMALL}"),
+        target=target + "2",
+        host=fake,
+        expected_sha256="0" * 64,
+    )
+    with pytest.raises(DownloadFailed, match=digest):
+        await bad.execute(RecordingContext())
+    os.symlink("/", local_host.workdir + "/root")
+    escape = create_download_task(
+        "t", "d", url=http_server.url("/sized/1"), target=local_host.workdir + "/root/x", host=fake
+    )
+    with pytest.raises(DownloadFailed, match="refused"):
+        await escape.execute(RecordingContext())
+    assert sorted(os.listdir(local_host.workdir + "/fake")) == ["f.bin"]

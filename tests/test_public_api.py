@@ -133,3 +133,26 @@ def test_archive_workdir_is_a_plain_method_returning_an_async_iterator() -> None
 
     for cls in (LocalHost, RemoteHost):
         assert not inspect.iscoroutinefunction(cls.archive_workdir)
+
+
+def test_the_top_level_package_imports_lazily_with_the_same_names() -> None:
+    """``import optio_host`` is cheap (workers import ``optio_host.worker``); every name still resolves."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, optio_host\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('asyncssh', 'optio_core', 'bson')))\n"
+        "names = {}\n"
+        "exec('from optio_host import *', names)\n"
+        "print(sorted(set(names) - {'__builtins__'}) == sorted(optio_host.__all__))\n"
+        "print(set(optio_host.__all__) <= set(dir(optio_host)))\n"
+        "print(optio_host.protocol.parse_log_line('DONE'))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.splitlines() == ["[]", "True", "True", "DoneEvent(summary=None)"]
+    top = importlib.import_module("optio_host")
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = top.no_such_name

@@ -226,3 +226,114 @@ def test_a_python_worker_runs_through_a_session(tmp_path: Path) -> None:
     assert " 20% python worker starting" in lines
     assert " 80% multi line message" in lines
     assert "     python worker done" in lines
+
+
+# ------------------------------------------------------------------ a single file, anywhere
+
+_HEAVY = ("asyncssh", "optio_core", "bson", "cryptography", "click", "rich")
+
+
+def test_importing_the_worker_helper_pulls_in_nothing_heavy() -> None:
+    probe = (
+        "import sys, optio_host.worker\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {_HEAVY!r}))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('optio_host')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert result.stdout.splitlines() == ["[]", "['optio_host', 'optio_host.worker']"]
+
+
+# -I: no PYTHONPATH, no user site packages; -S: no site-packages at all (optio_host may be installed).
+_ISOLATED = [sys.executable, "-I", "-S"]
+
+
+@pytest.fixture
+def standalone(tmp_path: Path) -> Path:
+    """worker.py alone in a session-like folder, for a Python that cannot import optio_host."""
+    folder = tmp_path / "host"
+    (folder / "deliverables").mkdir(parents=True)
+    (folder / "optio.log").write_text("")
+    (folder / "worker.py").write_bytes(Path(worker.__file__).read_bytes())
+    isolated = subprocess.run(
+        [*_ISOLATED, "-c", "import optio_host"], capture_output=True, cwd=folder, timeout=30, check=False
+    )
+    assert b"ModuleNotFoundError" in isolated.stderr  # nothing of the package is reachable
+    return folder
+
+
+def _cli(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ["PATH"]}  # no OPTIO_LOG: the log is found in the current folder
+    return subprocess.run(
+        [*_ISOLATED, "worker.py", *args], cwd=folder, env=env, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_the_copied_file_works_from_a_shell_worker(standalone: Path) -> None:
+    (standalone / "result.csv").write_text("a,b\n")
+    for args in (
+        ("status", "50", "half way"),
+        ("status", "7%", "with a sign"),
+        ("status", "no percent"),
+        ("status", "2024"),
+        ("deliverable", "result.csv", "--name", "tables/r.csv"),
+        ("done", "all\nfine"),
+        ("error",),
+    ):
+        result = _cli(standalone, *args)
+        assert result.returncode == 0, result.stderr
+    assert _cli(standalone, "deliverable", "result.csv").stdout == "deliverables/result.csv\n"
+    events = [parse_log_line(line) for line in (standalone / "optio.log").read_text().splitlines()]
+    assert events == [
+        StatusEvent(50, "half way"),
+        StatusEvent(7, "with a sign"),
+        StatusEvent(None, "no percent"),
+        StatusEvent(None, "2024"),
+        DeliverableEvent("deliverables/tables/r.csv"),
+        DoneEvent("all fine"),
+        ErrorEvent(None),
+        DeliverableEvent("deliverables/result.csv"),
+    ]
+    assert (standalone / "deliverables" / "tables" / "r.csv").read_text() == "a,b\n"
+
+
+def test_the_copied_file_reports_mistakes_without_writing(standalone: Path) -> None:
+    missing = _cli(standalone, "deliverable", "missing.csv")
+    assert missing.returncode == 1 and "missing.csv" in missing.stderr
+    assert _cli(standalone, "status", "x", "--bogus").returncode == 2  # argparse's usage error
+    assert _cli(standalone).returncode == 2
+    assert (standalone / "optio.log").read_text() == ""
+
+
+def test_the_copied_file_imports_as_a_module(standalone: Path) -> None:
+    code = "import worker; worker.status('from python', percent=30); print(worker.temp_name_for('/a/b'))"
+    result = subprocess.run(
+        [*_ISOLATED, "-c", f"import sys; sys.path.insert(0, '.'); {code}"],
+        cwd=standalone,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert re.fullmatch(r"/a/\.b\.optio-[0-9a-f]{16}\.tmp\n", result.stdout)
+    assert (standalone / "optio.log").read_text() == "STATUS: 30% from python\n"
+
+
+def test_the_keywords_are_defined_once_in_the_worker_helper() -> None:
+    from optio_host.protocol import parser
+
+    source = Path(parser.__file__).read_text()
+    for keyword in worker.KEYWORDS:
+        assert f'"{keyword}"' not in source
+    assert parser.LOG_NAME is worker.LOG_NAME and parser.DELIVERABLES_DIR is worker.DELIVERABLES_DIR
+    assert parse_log_line(f"{worker.DONE}: x") == DoneEvent("x")
+
+
+def test_temp_names_fit_name_max_and_are_one_scheme() -> None:
+    from optio_host import paths
+
+    assert paths.temp_name_for is worker.temp_name_for
+    name = worker.temp_name_for("/d/" + "é" * 127)
+    assert len(os.path.basename(name).encode()) <= 255
+    assert name != worker.temp_name_for("/d/" + "é" * 127)

@@ -6,7 +6,16 @@ worker), through the host's process API: the same code path serves a
 
 The body is written to an unpredictable temporary name beside the target and
 renamed only once curl has exited successfully and, when asked, its SHA-256
-matched. Progress comes from curl's own progress bar (``--progress-bar``) on
+matched. Only ``http``/``https`` are fetched unless ``protocols`` widens that
+(curl's ``--proto``, for redirects too). The URL reaches curl in a config on
+its stdin (``--config -``), so credentials in it never show on a command line,
+and messages show them as ``***@``. A target inside the host's workdir must
+really be inside it: its folder is resolved on the host, and one that a
+symlink leads out of the workdir is refused.
+
+Only the 0.1.2 ``Host`` methods are needed (``launch_subprocess``,
+``terminate_subprocess``, ``run_command``, ``remove_file``), so a consumer's
+own host object works too. Progress comes from curl's own progress bar (``--progress-bar``) on
 stderr: curl prints ``<bar> NN.N%`` segments separated by carriage returns, at
 most ten times a second, and a final ``100.0%`` for a body of known size.
 """
@@ -18,20 +27,26 @@ import codecs
 import contextlib
 import posixpath
 import re
-import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from optio_host.errors import DownloadFailed
+from optio_host.errors import DownloadFailed, redact_credentials, redact_url
+from optio_host.host import _scripts as scripts
 from optio_host.host.base import Host, checksum_mismatch, kill_quietly, normalize_sha256
 from optio_host.host.local import LocalHost
+from optio_host.paths import temp_name_for
 from optio_host.process import ProcessHandle
-from optio_host.quoting import script_argv
+from optio_host.quoting import join, script_argv
 
 if TYPE_CHECKING:
     from optio_core.models import TaskInstance
 
-__all__ = ["DownloadFailed", "create_download_task"]
+__all__ = ["DEFAULT_PROTOCOLS", "DownloadFailed", "create_download_task"]
+
+#: What a download may fetch unless ``protocols=`` widens it (redirects included).
+DEFAULT_PROTOCOLS = ("http", "https")
+_PROTOCOL = re.compile(r"[a-z][a-z0-9+.-]*")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 #: How much of curl's error output a ``DownloadFailed`` carries.
 STDERR_TAIL = 1024
@@ -55,6 +70,18 @@ fi
 exec mv -f -- "$1" "$2"
 """
 
+# Runs as `sh -c SCRIPT sh PATH...`: for each path, its deepest existing entry resolved (it must be a
+# folder we can enter: a link we cannot follow is not skipped), then the part that does not exist
+# yet, NUL-terminated. ("$(pwd -P)" would eat trailing newlines of a name, hence the ".")
+_RESOLVE = r"""for p do
+  rest=
+  while [ ! -e "$p" ] && [ ! -L "$p" ]; do rest="/${p##*/}$rest"; p=${p%/*}; p=${p:-/}; done
+  real=$(cd -P -- "$p" 2>/dev/null && pwd -P && echo .) || {
+    printf 'cannot enter %s as a folder\n' "$p" >&2; exit 1; }
+  printf '%s\0%s\0' "${real%??}" "$rest"
+done
+"""
+
 
 def create_download_task(
     process_id: str,
@@ -66,6 +93,7 @@ def create_download_task(
     description: str | None = None,
     cleanup_on_fail: bool = True,
     expected_sha256: str | None = None,
+    protocols: Sequence[str] = DEFAULT_PROTOCOLS,
 ) -> TaskInstance:
     """A task that downloads ``url`` to ``target`` (an absolute path on ``host``).
 
@@ -77,9 +105,11 @@ def create_download_task(
     whose SHA-256 differs fails the same way and is never put at the target.
     When ``ctx.should_continue()`` turns false curl is stopped, the target
     removed (with ``cleanup_on_fail``) and the task returns without error.
+    ``protocols``: the URL schemes curl may use, redirects included (e.g. add
+    ``"ftp"``); others are refused.
     """
-    if not isinstance(url, str) or not url.strip():
-        raise ValueError(f"url must be a non-empty string, got {url!r}")
+    allowed = _check_protocols(protocols)
+    _check_url(url, allowed)
     if not isinstance(target, str) or not target.startswith("/") or "\0" in target:
         raise ValueError(
             f"download target must be an absolute path on the host, got {target!r}; "
@@ -93,7 +123,7 @@ def create_download_task(
     # import optio_host never build tasks.
     from optio_core.models import TaskInstance
 
-    download = _Download(url, target, host, cleanup_on_fail, expected)
+    download = _Download(url, target, host, cleanup_on_fail, expected, allowed)
     return TaskInstance(
         execute=download.execute,
         process_id=process_id,
@@ -104,30 +134,66 @@ def create_download_task(
     )
 
 
+def _check_protocols(protocols: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(protocols, (str, bytes)) or not protocols:
+        raise TypeError(
+            f"protocols must be a non-empty sequence of URL schemes such as ('https',), not {protocols!r}"
+        )
+    allowed = tuple(protocol.lower() if isinstance(protocol, str) else protocol for protocol in protocols)
+    for protocol in allowed:
+        if not isinstance(protocol, str) or not _PROTOCOL.fullmatch(protocol):
+            raise ValueError(f"protocols must be URL schemes such as 'https' or 'ftp', got {protocol!r}")
+    return allowed
+
+
+def _check_url(url: str, allowed: tuple[str, ...]) -> None:
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"url must be a non-empty string, got {redact_url(str(url))!r}")
+    if any(ord(char) < 32 or ord(char) == 127 for char in url):
+        raise ValueError(f"url contains a control character: {redact_url(url)!r}")
+    scheme = _SCHEME.match(url)
+    if scheme is not None and scheme.group(1).lower() not in allowed:
+        raise ValueError(
+            f"url scheme {scheme.group(1)!r} is not allowed (the download task fetches "
+            f"{', '.join(allowed)}); pass protocols=(..., {scheme.group(1).lower()!r}) to allow it"
+        )
+
+
+def _curl_config(url: str) -> bytes:
+    """The URL as a curl config line (``--config -``): off the command line, where anyone could read it."""
+    escaped = url.replace("\\", "\\\\").replace('"', '\\"')
+    return f'url = "{escaped}"\n'.encode()
+
+
 class _Download:
     def __init__(
-        self, url: str, target: str, host: Host | None, cleanup_on_fail: bool, expected: str | None
+        self,
+        url: str,
+        target: str,
+        host: Host | None,
+        cleanup_on_fail: bool,
+        expected: str | None,
+        protocols: tuple[str, ...],
     ) -> None:
         self.url = url
         self.target = target
         self.host = host
         self.cleanup_on_fail = cleanup_on_fail
         self.expected = expected
+        self.protocols = protocols
 
     def _failed(self, exit_code: int | None, stderr_tail: str) -> DownloadFailed:
-        return DownloadFailed(
-            url=self.url, target=self.target, exit_code=exit_code, stderr_tail=stderr_tail[-STDERR_TAIL:]
-        )
+        # curl's own words could quote the URL: its credentials never leave in a message.
+        tail = redact_credentials(self.url, stderr_tail)[-STDERR_TAIL:]
+        return DownloadFailed(url=self.url, target=self.target, exit_code=exit_code, stderr_tail=tail)
 
     async def execute(self, ctx: Any) -> None:
         basename = posixpath.basename(self.target)
         ctx.report_progress(None, f"Downloading {basename}")
         # An unconnected LocalHost needs no taskdir as long as every path and cwd is absolute.
         host: Host = self.host if self.host is not None else LocalHost()
-        folder = posixpath.dirname(self.target)
-        # Hidden, unguessable, and short enough for NAME_MAX (255 bytes) whatever the target's name.
-        stem = basename.encode()[:100].decode(errors="ignore")
-        temp = posixpath.join(folder, f".{stem}.{secrets.token_hex(8)}.part")
+        target = await self._place(host)
+        temp = temp_name_for(target)
         meter = _ProgressMeter(lambda percent: ctx.report_progress(percent, None))
         committed = False
         try:
@@ -140,25 +206,52 @@ class _Download:
             if code != 0:
                 raise self._failed(code, errors or f"curl exited with code {code}")
             if self.expected is not None:
-                actual = await host.file_sha256(temp)
+                actual = await _sha256(host, temp)
                 if actual != self.expected:
                     mismatch = checksum_mismatch(self.target, self.expected, actual or "(no file)")
                     raise self._failed(None, str(mismatch)) from mismatch
             if not ctx.should_continue():
                 return  # cancelled while verifying: a cancelled download leaves no target
-            result = await host.run(script_argv(_COMMIT, temp, self.target), cwd="/")
+            result = await host.run_command(join(script_argv(_COMMIT, temp, target)), cwd="/")
             if result.exit_code != 0:
                 detail = result.stderr.strip() or f"mv exited with code {result.exit_code}"
-                raise self._failed(None, f"could not move the download into place: {detail}")
+                raise self._failed(result.exit_code, f"could not move the download into place: {detail}")
             committed = True
             meter.finish()
         finally:
             if not committed:
-                await asyncio.shield(self._discard(host, temp))
+                await asyncio.shield(self._discard(host, temp, target))
 
-    async def _discard(self, host: Host, temp: str) -> None:
+    async def _place(self, host: Host) -> str:
+        """Where to write: a target inside the host's workdir must resolve (on the host) inside it."""
+        workdir = _workdir_of(host) if self.host is not None else None
+        lexical = posixpath.normpath(self.target)
+        if workdir is None or not lexical.startswith(workdir.rstrip("/") + "/"):
+            return self.target
+        folder = posixpath.dirname(lexical)
+        result = await host.run_command(join(script_argv(_RESOLVE, workdir, folder)), cwd="/")
+        parts = result.stdout.split("\0")
+        if result.exit_code != 0 or len(parts) != 5:
+            detail = result.stderr.strip()
+            raise self._failed(
+                None, f"refused: could not resolve the target's folder {folder} on the host: {detail}"
+            )
+        real_workdir, real_folder = (
+            (parts[0].rstrip("/") + parts[1]) or "/",
+            (parts[2].rstrip("/") + parts[3]) or "/",
+        )
+        if real_folder != real_workdir and not real_folder.startswith(real_workdir.rstrip("/") + "/"):
+            raise self._failed(
+                None,
+                f"refused: the target's folder {folder} resolves to {real_folder}, outside the workdir "
+                f"{real_workdir} (a symlink leads out of it); remove the link or give a target outside "
+                "the workdir explicitly",
+            )
+        return posixpath.join(real_folder, posixpath.basename(lexical))
+
+    async def _discard(self, host: Host, temp: str, target: str) -> None:
         """Remove what a failed or cancelled download left; never masks the original error."""
-        paths = [temp, self.target] if self.cleanup_on_fail else [temp]
+        paths = [temp, target] if self.cleanup_on_fail else [temp]
         for path in paths:
             with contextlib.suppress(Exception):
                 await host.remove_file(path)
@@ -167,23 +260,33 @@ class _Download:
         self, host: Host, ctx: Any, temp: str, meter: _ProgressMeter
     ) -> tuple[int, str] | None:
         """Run curl to completion: ``(exit code, its error text)``, or ``None`` if cancelled."""
+        protocols = "=" + ",".join(self.protocols)
         argv = [
             "curl",
             "-q",  # first: ignore ~/.curlrc, so the options below mean what they say
             "--fail",
             "--location",
             "--globoff",  # "[1-3]" and "{a,b}" in a URL are literal, not a batch of URLs
+            "--proto",
+            protocols,
+            "--proto-redir",
+            protocols,
             "--progress-bar",
             "--create-dirs",
             "--output",
             temp,
-            "--url",  # the URL as an option argument: one starting with "-" is never an option
-            self.url,
+            "--config",  # the URL comes on stdin: its credentials never show in a process list
+            "-",
         ]
         try:
-            handle = await host.launch_subprocess(argv, cwd="/", merge_stderr=False)
+            handle = await host.launch_subprocess(argv, cwd="/", merge_stderr=False, stdin=True)
         except FileNotFoundError as exc:
             raise self._failed(127, f"{exc}; install curl on the host to use the download task") from exc
+        try:
+            await _send_config(handle, _curl_config(self.url))
+        except BaseException:
+            await asyncio.shield(kill_quietly(host, handle))
+            raise
         stderr = _StderrReader(meter)
         completion = asyncio.ensure_future(_complete(handle, stderr))
         try:
@@ -202,6 +305,37 @@ class _Download:
                 await asyncio.shield(kill_quietly(host, handle))
                 with contextlib.suppress(BaseException):
                     await completion
+
+
+def _workdir_of(host: Host) -> str | None:
+    try:
+        workdir = getattr(host, "workdir", None)
+    except Exception:  # e.g. a host without a taskdir yet
+        return None
+    return workdir if isinstance(workdir, str) and workdir.startswith("/") else None
+
+
+async def _send_config(handle: ProcessHandle, config: bytes) -> None:
+    stdin = handle.stdin
+    if stdin is None:  # pragma: no cover - launched with stdin=True
+        raise RuntimeError("curl was started without stdin")
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        stdin.write(config)
+        await stdin.drain()
+    stdin.close()
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        await stdin.wait_closed()
+
+
+async def _sha256(host: Host, path: str) -> str | None:
+    """The file's SHA-256 on the host (``None`` if missing), with the 0.1.2 methods alone if need be."""
+    if hasattr(host, "file_sha256"):
+        digest: str | None = await host.file_sha256(path)
+        return digest
+    result = await host.run_command(join(script_argv(scripts.SHA256, path)), cwd="/")
+    if result.exit_code != 0:
+        return None
+    return result.stdout.lstrip("\\")[:64].lower()
 
 
 async def _complete(handle: ProcessHandle, stderr: _StderrReader) -> int:

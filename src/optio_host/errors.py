@@ -21,6 +21,7 @@ on every host.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Sequence
 
@@ -34,9 +35,25 @@ __all__ = [
     "HostNotConnected",
     "SessionFailed",
     "format_command",
+    "redact_credentials",
+    "redact_url",
 ]
 
-_STDERR_PREVIEW = 500
+#: How much of stderr ``str(HostCommandError)`` shows (a published text).
+_STDERR_PREVIEW = 200
+# "[scheme://]userinfo@": up to the last "@" before the path, query or fragment begins.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?([^/?#]*)@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` shown as ``***@``, for messages."""
+    return _USERINFO.sub(r"\1***@", url, count=1)
+
+
+def redact_credentials(url: str, text: str) -> str:
+    """``text`` (e.g. a tool's error output) with the credentials of ``url`` shown as ``***``."""
+    userinfo = _USERINFO.match(url)
+    return text.replace(userinfo.group(2), "***") if userinfo and userinfo.group(2) else text
 
 
 def format_command(command: str | Sequence[str]) -> str:
@@ -63,13 +80,9 @@ class HostCommandError(Exception):
         super().__init__(command, exit_code, stdout, stderr)
 
     def __str__(self) -> str:
-        text = f"command exited with code {self.exit_code}: {format_command(self.command)}"
-        err = self.stderr.strip()
-        if err:
-            if len(err) > _STDERR_PREVIEW:
-                err = err[:_STDERR_PREVIEW] + "..."
-            text += f"\nstderr: {err}"
-        return text
+        # A published text that consumers match on: keep it, add detail only after it.
+        head = f"command failed (exit {self.exit_code}): {self.command!r}"
+        return f"{head}\nstderr: {self.stderr[:_STDERR_PREVIEW]}"
 
 
 class CommandTimeout(HostCommandError, TimeoutError):
@@ -91,12 +104,8 @@ class CommandTimeout(HostCommandError, TimeoutError):
         super().__init__(command, exit_code, stdout, stderr)
 
     def __str__(self) -> str:
-        text = f"command timed out after {self.timeout:g}s and was killed: "
-        text += format_command(self.command)
-        err = self.stderr.strip()
-        if err:
-            text += f"\nstderr so far: {err[:_STDERR_PREVIEW]}"
-        return text
+        text = super().__str__()
+        return f"{text}\ntimed out after {self.timeout:g}s; the command and its children were killed"
 
 
 class SessionFailed(Exception):
@@ -118,15 +127,14 @@ class DownloadFailed(Exception):
         self.target = target
         self.exit_code = exit_code
         self.stderr_tail = stderr_tail
-        super().__init__(url, target, exit_code, stderr_tail)
+        # args feed repr(), which progress messages show: never the URL's credentials.
+        super().__init__(redact_url(url), target, exit_code, redact_credentials(url, stderr_tail))
 
     def __str__(self) -> str:
-        text = f"download of {self.url} to {self.target} failed"
-        if self.exit_code is not None:
-            text += f" (exit code {self.exit_code})"
-        if self.stderr_tail.strip():
-            text += f": {self.stderr_tail.strip()}"
-        return text
+        head = f"download failed (exit {self.exit_code}): {redact_url(self.url)} -> {self.target}"
+        # All of the tail (at most ~1 KiB): its start is what 0.1.x showed, the rest is detail after it
+        # (a checksum mismatch names both digests).
+        return f"{head}\nstderr: {redact_credentials(self.url, self.stderr_tail)}"
 
 
 class HostConnectionError(ConnectionError):

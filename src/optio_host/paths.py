@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import os
-import posixpath
 import re
-import secrets
 
 from optio_host.types import SSHConfig
 
-__all__ = ["task_dir"]
+# Defined in worker.py, which must stand alone on hosts without optio-host: re-exported here.
+from optio_host.worker import temp_name_for
+
+__all__ = ["task_dir", "temp_name_for"]
 
 _PROCESS_ID = re.compile(r"[A-Za-z0-9._-]+")
-
-
-def temp_name_for(target: str) -> str:
-    """An unpredictable hidden name beside ``target`` (same folder, so a rename is atomic).
-
-    One scheme for every host and for workers, so a leftover is recognisable anywhere.
-    """
-    folder, name = posixpath.split(target)
-    return posixpath.join(folder, f".{name}.optio-{secrets.token_hex(8)}.tmp")
 
 
 def task_dir(*, ssh: SSHConfig | None, process_id: str, consumer_name: str) -> str:

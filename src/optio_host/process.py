@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -19,7 +19,7 @@ KILL_REAP_WAIT = 2.0
 #: How a handle ends its process tree: ``terminate(handle, aggressive)`` (the host's own method).
 Terminator = Callable[["ProcessHandle", bool], Awaitable[None]]
 
-__all__ = ["KILL_REAP_WAIT", "TERMINATE_GRACE", "ProcessHandle", "RunResult", "owned_by"]
+__all__ = ["KILL_REAP_WAIT", "TERMINATE_GRACE", "ProcessHandle", "RunResult", "owned_by", "proc_wait"]
 
 
 @dataclass
@@ -46,8 +46,6 @@ class ProcessHandle:
     stdout: AsyncIterator[bytes]
     stderr: AsyncIterator[bytes] | None = None
     stdin: Any | None = None
-    #: Set by the host that started it; ``None`` for handles built elsewhere (see ``owned_by``).
-    _terminate: Terminator | None = field(default=None, kw_only=True, repr=False, compare=False)
 
     async def __aenter__(self) -> Self:
         return self
@@ -64,21 +62,23 @@ class ProcessHandle:
         and closed. Cancelled during the grace, it kills at once, finishes the clean-up and
         then re-raises, so nothing is left running. Output not read yet is discarded.
         """
+        terminate = _terminator(self)
         try:
-            if self._terminate is not None:
+            if terminate is not None:
                 try:
-                    await self._terminate(self, False)
+                    await terminate(self, False)
                 except asyncio.CancelledError:
-                    await asyncio.shield(self._terminate(self, True))
+                    await asyncio.shield(terminate(self, True))
                     raise
         finally:
             await asyncio.shield(self._close_streams())
 
     async def kill(self) -> None:
         """SIGKILL the whole tree at once and close; never raises (for clean-up paths)."""
+        terminate = _terminator(self)
         with contextlib.suppress(Exception):
-            if self._terminate is not None:
-                await asyncio.shield(self._terminate(self, True))
+            if terminate is not None:
+                await asyncio.shield(terminate(self, True))
         await asyncio.shield(self._close_streams())
 
     async def _close_streams(self) -> None:
@@ -100,11 +100,32 @@ class ProcessHandle:
         Drain ``stdout``/``stderr`` first (or concurrently): a process whose
         output nobody reads can block forever on a full pipe.
         """
-        outcome = await self.pid_like.wait()
-        code = outcome if isinstance(outcome, int) else self.returncode
-        if code is None:
-            raise HostConnectionError("the connection closed before the process reported an exit status")
-        return code
+        return _exit_code(self.pid_like, await self.pid_like.wait())
+
+
+async def proc_wait(handle: Any) -> int:
+    """Await the end of a ``ProcessHandle`` and return its exit code.
+
+    Also takes any object whose ``pid_like`` has an async ``wait()`` (a
+    consumer's own handle): its result, or ``pid_like.returncode``, is the code.
+    """
+    if isinstance(handle, ProcessHandle):
+        return await handle.wait()
+    wait = getattr(getattr(handle, "pid_like", None), "wait", None)
+    if not callable(wait):
+        raise TypeError(
+            f"proc_wait() needs a ProcessHandle (or an object whose pid_like has an async wait()), "
+            f"not {type(handle).__name__}"
+        )
+    return _exit_code(handle.pid_like, await wait())
+
+
+def _exit_code(pid_like: Any, outcome: Any) -> int:
+    # asyncio's wait() returns the code; asyncssh's returns a result object carrying it.
+    for code in (outcome, getattr(outcome, "returncode", None), getattr(pid_like, "returncode", None)):
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code
+    raise HostConnectionError("the connection closed before the process reported an exit status")
 
 
 def owned_by(handle: ProcessHandle, host: Any) -> ProcessHandle:
@@ -119,10 +140,20 @@ def owned_by(handle: ProcessHandle, host: Any) -> ProcessHandle:
             stderr=getattr(handle, "stderr", None),
             stdin=getattr(handle, "stdin", None),
         )
-    if handle._terminate is None:
+    if _terminator(handle) is None:
 
         async def terminate(target: ProcessHandle, aggressive: bool) -> None:
             await host.terminate_subprocess(target, aggressive=aggressive)
 
-        handle._terminate = terminate
+        # Not a dataclass field: the published four fields stay exactly as they were.
+        setattr(handle, _TERMINATOR, terminate)
     return handle
+
+
+_TERMINATOR = "_optio_terminate"
+
+
+def _terminator(handle: ProcessHandle) -> Terminator | None:
+    """How ``handle`` is ended (set by ``owned_by``), or ``None``."""
+    found: Terminator | None = getattr(handle, _TERMINATOR, None)
+    return found

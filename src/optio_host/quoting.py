@@ -6,6 +6,7 @@ caller splices raw text into a command line.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -19,9 +20,14 @@ __all__ = [
     "script_argv",
     "validate_argv",
     "validate_env",
+    "validate_env_remove",
+    "without_env",
 ]
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What an env_remove pattern may hold: name characters and the glob syntax that fnmatch and a
+# POSIX sh `case` read alike (no backslash or "^", which they read differently).
+_ENV_PATTERN = re.compile(r"[A-Za-z0-9_*?\[\]!-]*")
 
 #: Shell variable that the remote wrapper sets to a newline, so that
 #: ``env_assignments_line`` can express values with newlines on one line.
@@ -100,3 +106,31 @@ def env_assignments_line(env: Mapping[str, str]) -> str:
         pieces = [quote(piece) for piece in value.split("\n")]
         parts.append(f"{name}={newline.join(pieces)}")
     return "export " + " ".join(parts) if parts else ":"
+
+
+def validate_env_remove(patterns: Sequence[str] | None) -> list[str]:
+    """Check ``env_remove``: ``fnmatch`` patterns of variable names (``*``, ``?``, ``[...]``)."""
+    if patterns is None:
+        return []
+    if isinstance(patterns, (str, bytes)):
+        # A bare string is a sequence of one-letter patterns, and "*" among them removes everything.
+        raise TypeError(f"env_remove must be a list of patterns, not a single string: [{patterns!r}]")
+    checked = list(patterns)
+    for pattern in checked:
+        if not isinstance(pattern, str):
+            raise TypeError(f"env_remove patterns must be str, got {type(pattern).__name__}: {pattern!r}")
+        if not _ENV_PATTERN.fullmatch(pattern):
+            raise ValueError(
+                f"invalid env_remove pattern {pattern!r}: use name characters [A-Za-z0-9_] and the "
+                "wildcards * ? [...] [!...] only"
+            )
+    return checked
+
+
+def without_env(environ: Mapping[str, str], patterns: Sequence[str]) -> dict[str, str]:
+    """``environ`` minus every variable whose name matches one of ``patterns`` (case-sensitive)."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    }

@@ -1,4 +1,12 @@
-"""Helpers for Python workers that speak the log protocol.
+"""Helpers for workers that speak the log protocol; the protocol's words are defined here.
+
+This file uses only the standard library and works on its own: copy it to a
+host that has no optio-host and import it, or run it from a shell worker::
+
+    python3 worker.py status 50 "half way"      # STATUS: 50% half way
+    python3 worker.py status "no percent"
+    python3 worker.py deliverable result.csv [--name tables/result.csv]
+    python3 worker.py done "3 files processed"  # or: error "what went wrong"
 
 A worker is the long-running program a session starts on the host. It talks
 back by appending lines to ``<workdir>/optio.log``; the session driver
@@ -42,25 +50,68 @@ Rules these helpers follow (and a worker in another language should too):
 
 The log is found from ``$OPTIO_LOG`` (the ``optio-host session`` command sets
 it), else ``./optio.log``, else the nearest ``optio.log`` in a parent folder.
+
+The protocol's keywords and file names live here, not in the parser, because
+this file must stand alone; ``optio_host.protocol.parser`` imports them from it.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
+import posixpath
 import re
+import secrets
 import shutil
+import sys
+from collections.abc import Sequence
 
-from optio_host.paths import temp_name_for
-from optio_host.protocol.parser import DELIVERABLES_DIR, LOG_NAME
+__all__ = [
+    "DELIVERABLE",
+    "DELIVERABLES_DIR",
+    "DONE",
+    "ERROR",
+    "KEYWORDS",
+    "LOG_ENV",
+    "LOG_NAME",
+    "STATUS",
+    "deliverable",
+    "done",
+    "error",
+    "find_log",
+    "main",
+    "status",
+    "temp_name_for",
+]
 
-__all__ = ["LOG_ENV", "deliverable", "done", "error", "find_log", "status"]
-
+#: The log a worker appends to, in its workdir.
+LOG_NAME = "optio.log"
+#: The workdir folder deliverables must be in.
+DELIVERABLES_DIR = "deliverables"
 #: Environment variable naming the log file; set for workers started by ``optio-host session``.
 LOG_ENV = "OPTIO_LOG"
+#: The protocol's keywords: each starts a line and is followed by ``:`` and its text (optional
+#: for DONE and ERROR).
+STATUS = "STATUS"
+DELIVERABLE = "DELIVERABLE"
+DONE = "DONE"
+ERROR = "ERROR"
+KEYWORDS = (STATUS, DELIVERABLE, DONE, ERROR)
 
 # Everything str.splitlines() breaks on, so no reader can see a second line.
 _LINE_BREAKS = re.compile("\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def temp_name_for(target: str) -> str:
+    """An unpredictable hidden name beside ``target`` (same folder, so a rename is atomic).
+
+    One scheme for every host, the download task and workers, so a leftover is recognisable
+    anywhere. The target's name is cut to 100 bytes so the result fits NAME_MAX (255).
+    """
+    folder, name = posixpath.split(target)
+    stem = name.encode()[:100].decode(errors="ignore")
+    return posixpath.join(folder, f".{stem}.optio-{secrets.token_hex(8)}.tmp")
 
 
 def find_log() -> str:
@@ -111,19 +162,19 @@ def status(message: str, percent: float | None = None) -> None:
     """Report progress: ``STATUS: [N% ]message``. ``percent`` is rounded and clamped to 0-100."""
     text = _one_line(str(message))
     if percent is None:
-        _append(f"STATUS: {text}")
+        _append(f"{STATUS}: {text}")
     else:
-        _append(f"STATUS: {_clamp(percent)}% {text}")
+        _append(f"{STATUS}: {_clamp(percent)}% {text}")
 
 
 def done(summary: str | None = None) -> None:
     """Declare success (``DONE`` or ``DONE: summary``); the session ends after pending deliverables."""
-    _append(f"DONE: {_one_line(summary)}" if summary else "DONE")
+    _append(f"{DONE}: {_one_line(summary)}" if summary else DONE)
 
 
 def error(message: str | None = None) -> None:
     """Declare failure (``ERROR`` or ``ERROR: message``); the session fails with that message."""
-    _append(f"ERROR: {_one_line(message)}" if message else "ERROR")
+    _append(f"{ERROR}: {_one_line(message)}" if message else ERROR)
 
 
 def deliverable(path: str | os.PathLike[str], *, name: str | None = None) -> str:
@@ -152,7 +203,7 @@ def deliverable(path: str | os.PathLike[str], *, name: str | None = None) -> str
         )
     if relative != in_place:
         _copy(source, os.path.join(folder, relative))
-    _append(f"DELIVERABLE: {line_path}")
+    _append(f"{DELIVERABLE}: {line_path}")
     return line_path
 
 
@@ -174,3 +225,43 @@ def _copy(source: str, target: str) -> None:
         if os.path.exists(temp):
             os.unlink(temp)
         raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: ``status [N] TEXT``, ``deliverable PATH [--name NAME]``, ``done|error [TEXT]``."""
+    parser = argparse.ArgumentParser(
+        prog="worker.py", description=f"Append one log-protocol line to ${LOG_ENV} or the nearest {LOG_NAME}."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    status_command = commands.add_parser("status", help="progress: status [PERCENT] TEXT")
+    status_command.add_argument("words", nargs="+", metavar="[PERCENT] TEXT")
+    deliverable_command = commands.add_parser("deliverable", help="hand over a file")
+    deliverable_command.add_argument("path")
+    deliverable_command.add_argument("--name", help="its name under deliverables/ (default: its own)")
+    for name, meaning in (("done", "success"), ("error", "failure")):
+        commands.add_parser(name, help=f"declare {meaning}").add_argument("text", nargs="?")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "status":
+            percent, words = _percent_and_text(args.words)
+            status(" ".join(words), percent)
+        elif args.command == "deliverable":
+            print(deliverable(args.path, name=args.name))
+        else:
+            (done if args.command == "done" else error)(args.text)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"worker.py {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _percent_and_text(words: list[str]) -> tuple[float | None, list[str]]:
+    # "status 50 text" and "status 50% text" carry a percent; "status 50" alone is a message.
+    match = re.fullmatch(r"(\d{1,3}(?:\.\d+)?)%?", words[0])
+    if match is None or len(words) == 1:
+        return None, words
+    return float(match.group(1)), words[1:]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

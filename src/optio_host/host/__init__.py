@@ -8,7 +8,7 @@ from optio_host.errors import HostCommandError
 from optio_host.host.interface import Host
 from optio_host.host.local import LocalHost
 from optio_host.host.remote import RemoteHost
-from optio_host.process import ProcessHandle, RunResult
+from optio_host.process import ProcessHandle, RunResult, proc_wait
 from optio_host.types import SSHConfig
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "RemoteHost",
     "RunResult",
     "make_host",
+    "proc_wait",
 ]
 
 

@@ -6,7 +6,9 @@ words: no value is ever spliced into a script.
 
 from __future__ import annotations
 
-from optio_host.quoting import join
+from collections.abc import Mapping, Sequence
+
+from optio_host.quoting import env_assignments_line, join
 
 __all__ = [
     "ARCHIVE",
@@ -18,15 +20,23 @@ __all__ = [
     "TAIL",
     "WRAPPER",
     "command_line",
+    "env_line",
 ]
 
-# The one way a remote command starts. Arguments: $1 env-on-stdin flag, $2 cwd, $3 "sh"|"argv",
-# $4 merge flag, then the command. It runs in /bin/sh: sent as `exec /bin/sh -c WRAPPER ...`, or,
-# once the header has told us the login shell *is* /bin/sh, sent to it directly (one exec fewer,
-# which is most of the cost of a short command). String commands are eval'd by that same /bin/sh,
-# which is what `/bin/sh -c` would do, without starting another shell.
+# The one way a remote command starts. Arguments: $1 env-on-stdin flag (the line is env_line's),
+# $2 cwd, $3 "sh"|"argv", $4 merge flag, then the command. It runs in /bin/sh: sent as
+# `exec /bin/sh -c WRAPPER ...`, or, once the header has told us the login shell *is* /bin/sh,
+# sent to it directly (one exec fewer, which is most of the cost of a short command). String
+# commands are eval'd by that same /bin/sh, which is what `/bin/sh -c` would do, without
+# starting another shell.
 WRAPPER = r"""_optio_nl='
 '
+_optio_unset() {
+  for _optio_n in $(env | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p'); do
+    case $_optio_n in _optio_*) continue ;; esac
+    for _optio_p do case $_optio_n in $_optio_p) unset "$_optio_n"; break ;; esac; done
+  done
+}
 if [ "$1" = 1 ]; then IFS= read -r _optio_env || exit 125; eval "$_optio_env"; unset _optio_env; fi
 cd -- "$2" 2>/dev/null || { printf 'OPTIO:ECWD\n'; exit 126; }
 _optio_mode=$3; _optio_merge=$4; shift 4
@@ -40,9 +50,19 @@ if [ "$_optio_merge" = 1 ]; then exec 2>&1; fi
 if [ "$_optio_mode" = argv ]; then exec "$@"; fi
 _optio_cmd=$1
 shift
-unset _optio_nl _optio_mode _optio_merge _optio_sh
+unset _optio_nl _optio_mode _optio_merge _optio_sh _optio_n _optio_p; unset -f _optio_unset
 eval "unset _optio_cmd; $_optio_cmd"
 """
+
+
+def env_line(env: Mapping[str, str], remove: Sequence[str]) -> str:
+    """The line the wrapper reads and evals: unset inherited names matching ``remove``, then export ``env``.
+
+    Patterns and values arrive as quoted words; ``case`` in sh matches the patterns as fnmatch does.
+    (A value spanning lines may make ``env`` list a name that does not exist: unsetting it is harmless.)
+    """
+    unset = f"_optio_unset {join(remove)}; " if remove else ""
+    return unset + env_assignments_line(env)
 
 
 def command_line(wrapper_args: list[str], login_shell_is_sh: bool) -> str:

@@ -228,12 +228,14 @@ class BaseHost(ABC):
         cwd: str | None = None,
         merge_stderr: bool = True,
         stdin: bool = False,
+        env_remove: Sequence[str] | None = None,
     ) -> ProcessHandle:
         """Start ``command`` in ``cwd`` (default: workdir) in its own process group.
 
         A string runs under ``/bin/sh -c``; a sequence is an argv passed
-        verbatim. ``env`` is added to the inherited environment. Returns while
-        the process runs.
+        verbatim. Inherited variables whose names match an ``env_remove``
+        fnmatch pattern (e.g. ``"*_TOKEN"``) are dropped, then ``env`` is
+        added. Returns while the process runs.
         """
 
     @abstractmethod
@@ -255,10 +257,12 @@ class BaseHost(ABC):
         check: bool = False,
         on_stdout: Callable[[bytes], object] | None = None,
         on_stderr: Callable[[bytes], object] | None = None,
+        env_remove: Sequence[str] | None = None,
     ) -> RunResult:
         """Run ``cmd`` to completion and return its decoded output and exit code.
 
-        ``cmd`` is an argv sequence (no shell) or a shell string. ``input`` is
+        ``cmd`` is an argv sequence (no shell) or a shell string; ``env`` and
+        ``env_remove`` act as in ``launch_subprocess``. ``input`` is
         fed to stdin. After ``timeout`` seconds the whole process tree is
         killed and ``CommandTimeout`` raised. ``check=True`` raises
         ``HostCommandError`` on a non-zero exit. ``on_stdout``/``on_stderr``
@@ -269,7 +273,7 @@ class BaseHost(ABC):
             raise ValueError(f"timeout must be positive, got {timeout}")
         data = input.encode() if isinstance(input, str) else input
         handle = await self.launch_subprocess(
-            cmd, env=env, cwd=cwd, merge_stderr=False, stdin=data is not None
+            cmd, env=env, cwd=cwd, merge_stderr=False, stdin=data is not None, env_remove=env_remove
         )
         out = bytearray()
         err = bytearray()

@@ -65,6 +65,7 @@ class Host(Protocol):
         cwd: str | None = None,
         merge_stderr: bool = True,
         stdin: bool = False,
+        env_remove: Sequence[str] | None = None,
     ) -> ProcessHandle: ...
 
     async def terminate_subprocess(self, handle: ProcessHandle, *, aggressive: bool = False) -> None: ...
@@ -118,6 +119,7 @@ class Host(Protocol):
         input: str | bytes | None = None,
         timeout: float | None = None,
         check: bool = False,
+        env_remove: Sequence[str] | None = None,
     ) -> RunResult: ...
 
     async def resolve_host_home(self) -> str: ...

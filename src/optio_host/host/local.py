@@ -18,7 +18,7 @@ from optio_host.archive import consume_workdir_archive, yield_workdir_archive
 from optio_host.host._watch import POLL_INTERVAL, FileWatch, watch_file
 from optio_host.host.base import BaseHost, Command
 from optio_host.process import KILL_REAP_WAIT, TERMINATE_GRACE, ProcessHandle, owned_by
-from optio_host.quoting import validate_argv, validate_env
+from optio_host.quoting import validate_argv, validate_env, validate_env_remove, without_env
 
 __all__ = ["LocalHost"]
 
@@ -113,8 +113,10 @@ class LocalHost(BaseHost):
         cwd: str | None = None,
         merge_stderr: bool = True,
         stdin: bool = False,
+        env_remove: Sequence[str] | None = None,
     ) -> ProcessHandle:
         extra_env = validate_env(env)
+        removed = validate_env_remove(env_remove)
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else validate_argv(command)
         directory = self._resolve(cwd, what="cwd") if cwd is not None else self.workdir
         if not os.path.isdir(directory):
@@ -123,7 +125,7 @@ class LocalHost(BaseHost):
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=directory,
-                env={**os.environ, **extra_env} if extra_env else None,
+                env={**without_env(os.environ, removed), **extra_env} if extra_env or removed else None,
                 stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,

@@ -30,7 +30,7 @@ from optio_host.host._ssh import Link, SessionPool, describe, translate_errors
 from optio_host.host.base import BaseHost, Command
 from optio_host.paths import temp_name_for
 from optio_host.process import KILL_REAP_WAIT, TERMINATE_GRACE, ProcessHandle, owned_by
-from optio_host.quoting import env_assignments_line, script_argv, validate_argv, validate_env
+from optio_host.quoting import script_argv, validate_argv, validate_env, validate_env_remove
 from optio_host.types import SSHConfig
 
 __all__ = ["RemoteHost"]
@@ -174,6 +174,22 @@ class RemoteHost(BaseHost):
             )
         return self._pool
 
+    @property
+    def connection(self) -> asyncssh.SSHClientConnection:
+        """The live SSH connection (the pool's primary one): an escape hatch for asyncssh calls.
+
+        Raises ``HostNotConnected`` before ``connect()``. After a reconnect it is the new
+        connection, so fetch it again rather than keeping it.
+        """
+        return self._connected_pool.primary.conn
+
+    @property
+    def _conn(self) -> asyncssh.SSHClientConnection | None:
+        """Read-only alias of ``connection``, as later published versions name it (``None`` if closed)."""
+        if self._pool is None or not self._pool.has_live_link():
+            return None
+        return self._pool.primary.conn
+
     async def _open(self) -> None:
         if self._pool is None:
             self._pool = SessionPool(self.ssh_config)
@@ -251,9 +267,16 @@ class RemoteHost(BaseHost):
         cwd: str | None = None,
         merge_stderr: bool = True,
         stdin: bool = False,
+        env_remove: Sequence[str] | None = None,
     ) -> ProcessHandle:
         return await self._launch(
-            command, env=env, cwd=cwd, merge_stderr=merge_stderr, stdin=stdin, control=False
+            command,
+            env=env,
+            cwd=cwd,
+            merge_stderr=merge_stderr,
+            stdin=stdin,
+            control=False,
+            env_remove=env_remove,
         )
 
     async def _launch(
@@ -265,14 +288,17 @@ class RemoteHost(BaseHost):
         merge_stderr: bool,
         stdin: bool,
         control: bool,
+        env_remove: Sequence[str] | None = None,
     ) -> ProcessHandle:
         extra_env = validate_env(env)
+        removed = validate_env_remove(env_remove)
+        env_on_stdin = bool(extra_env or removed)
         if isinstance(command, str):
             mode, words = "sh", [command]
         else:
             mode, words = "argv", validate_argv(command)
         directory = self._resolve(cwd, what="cwd") if cwd is not None else self.workdir
-        wrapper_args = ["1" if extra_env else "0", directory, mode, "1" if merge_stderr else "0", *words]
+        wrapper_args = ["1" if env_on_stdin else "0", directory, mode, "1" if merge_stderr else "0", *words]
         pool = self._connected_pool
         link, process = await pool.start_process(
             lambda link: scripts.command_line(wrapper_args, link.login_shell_is_sh),
@@ -281,8 +307,8 @@ class RemoteHost(BaseHost):
         )
         self._watch_until_closed(process, pool, link, " ".join(words)[:200])
         try:
-            if extra_env:
-                process.stdin.write(env_assignments_line(extra_env).encode() + b"\n")
+            if env_on_stdin:
+                process.stdin.write(scripts.env_line(extra_env, removed).encode() + b"\n")
             if not stdin:
                 process.stdin.write_eof()
             first = await self._read_header(process, link, directory, words[0])

@@ -37,6 +37,11 @@ import posixpath
 import re
 from dataclasses import dataclass
 
+# The keywords and names are defined once, in the worker helper (which must stand alone).
+from optio_host.worker import DELIVERABLE, DONE, KEYWORDS, STATUS
+from optio_host.worker import DELIVERABLES_DIR as DELIVERABLES_DIR
+from optio_host.worker import LOG_NAME as LOG_NAME
+
 __all__ = [
     "DeliverableEvent",
     "DoneEvent",
@@ -49,13 +54,8 @@ __all__ = [
     "validate_deliverable_path",
 ]
 
-#: The log a worker appends to, in its workdir.
-LOG_NAME = "optio.log"
-#: The workdir folder deliverables must be in.
-DELIVERABLES_DIR = "deliverables"
-
 _PERCENT = re.compile(r"([0-9]{1,3})%(?:\s+|\Z)")
-_KEYWORD = re.compile(r"(STATUS|DELIVERABLE|DONE|ERROR)(?::(.*)|\Z)", re.DOTALL)
+_KEYWORD = re.compile(f"({'|'.join(map(re.escape, KEYWORDS))})(?::(.*)|\\Z)", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -107,16 +107,16 @@ def parse_log_line(line: str) -> LogEvent:
     if match is None:
         return UnknownLine(text)
     keyword, rest = match.group(1), match.group(2)
-    if keyword == "STATUS":
+    if keyword == STATUS:
         if rest is None:
             return UnknownLine(text)
         return _status(rest.lstrip())
-    if keyword == "DELIVERABLE":
+    if keyword == DELIVERABLE:
         if rest is None:
             return UnknownLine(text)
         return DeliverableEvent(rest.strip())
     detail = rest.strip() if rest is not None else ""
-    if keyword == "DONE":
+    if keyword == DONE:
         return DoneEvent(detail or None)
     return ErrorEvent(detail or None)
 
