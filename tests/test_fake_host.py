@@ -138,7 +138,12 @@ echo 'DELIVERABLE: deliverables/bad.bin' >> optio.log
 echo 'DELIVERABLE: ../x' >> optio.log
 echo 'DONE: finished' >> optio.log
 """
-    await run_log_protocol_session(fake, ctx, body=sh(script), on_deliverable=on_deliverable)  # type: ignore[arg-type]
+    await run_log_protocol_session(
+        fake,  # type: ignore[arg-type]
+        ctx,
+        body=sh(script),
+        on_deliverable=on_deliverable,
+    )
     assert got == [("a.txt", "héllo")]
     assert (40, "working") in ctx.progress
     for text in [
@@ -166,19 +171,28 @@ async def test_binary_file_deliverable_on_a_fake(fake: Host012, tmp_path: Path) 
 
     async def body(host: Any, hook_ctx: HookContext) -> None:
         await host.put_file_to_host(payload, host.workdir + "/deliverables/blob.bin")
-        await host.run_command("echo 'DELIVERABLE: deliverables/blob.bin' >> optio.log; echo DONE >> optio.log")
+        await host.run_command("echo 'DELIVERABLE: deliverables/blob.bin' >> optio.log")
+        await host.run_command("echo DONE >> optio.log")
 
-    await run_log_protocol_session(fake, RecordingContext(), body=body, on_deliverable_file=on_file)  # type: ignore[arg-type]
+    await run_log_protocol_session(
+        fake,  # type: ignore[arg-type]
+        RecordingContext(),
+        body=body,
+        on_deliverable_file=on_file,
+    )
     assert saved == [("blob.bin", len(payload), hashlib.sha256(payload).hexdigest())]
     assert (tmp_path / "out" / "blob.bin").read_bytes() == payload
 
 
 async def test_done_without_newline_and_missing_done_on_a_fake(fake: Host012) -> None:
-    await run_log_protocol_session(fake, RecordingContext(), body=sh("printf 'STATUS: x\\nDONE' >> optio.log"))  # type: ignore[arg-type]
+    async def session(script: str) -> None:
+        await run_log_protocol_session(fake, RecordingContext(), body=sh(script))  # type: ignore[arg-type]
+
+    await session("printf 'STATUS: x\\nDONE' >> optio.log")
     with pytest.raises(SessionFailed, match="body returned before DONE was observed"):
-        await run_log_protocol_session(fake, RecordingContext(), body=sh("echo 'STATUS: 1% only' >> optio.log"))  # type: ignore[arg-type]
-    with pytest.raises(SessionFailed, match="^agent reported ERROR$"):
-        await run_log_protocol_session(fake, RecordingContext(), body=sh("echo ERROR >> optio.log"))  # type: ignore[arg-type]
+        await session("echo 'STATUS: 1% only' >> optio.log")
+    with pytest.raises(SessionFailed, match=r"^agent reported ERROR$"):
+        await session("echo ERROR >> optio.log")
 
 
 async def test_hook_context_on_a_fake(fake: Host012, tmp_path: Path) -> None:
