@@ -25,6 +25,9 @@ from optio_host.protocol.parser import relativize_deliverable_path, validate_del
 
 __all__ = ["Deliverable", "DeliverableHandler", "open_deliverable"]
 
+#: The largest deliverable given to a text callback (``on_deliverable``): it is held in memory.
+TEXT_LIMIT = 256 * 1024 * 1024
+
 _Opener = Callable[[], Awaitable[tuple[int, AsyncIterator[bytes]]]]
 _T = TypeVar("_T")
 #: How the session runs a host operation (again after a reconnect, on a host that can).
@@ -220,6 +223,11 @@ class DeliverableHandler:
     async def _hand_over_text(self, deliverable: Deliverable, retrying: Retrying[Any]) -> None:
         relative = deliverable.relative_path
         try:
+            if deliverable.size > TEXT_LIMIT:
+                raise ValueError(
+                    f"{deliverable.path} has {deliverable.size} bytes, more than the {TEXT_LIMIT} a text "
+                    "deliverable may have (read into memory); take it with on_deliverable_file"
+                )
             data: bytes = await retrying(deliverable.read_bytes)
         except FileNotFoundError:
             self._skip(relative, f"Deliverable {relative}: not found")
