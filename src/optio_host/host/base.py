@@ -192,6 +192,10 @@ class BaseHost(ABC):
         finally:
             await self._close()
 
+    def keep_taskdir(self) -> None:
+        """Leave a private taskdir (made at ``connect()``) in place at ``disconnect()``."""
+        self._owns_taskdir = False
+
     @abstractmethod
     async def _open(self) -> None: ...
 

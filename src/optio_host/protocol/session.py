@@ -58,6 +58,14 @@ __all__ = [
 #: The name 0.1.x consumers catch; the same class as ``optio_host.errors.SessionFailed``.
 _SessionFailed = SessionFailed
 
+class WorkerReportedError(SessionFailed):
+    """The worker wrote an ``ERROR`` line; ``str()`` is its message (or ``agent reported ERROR``)."""
+
+
+class EndedWithoutDone(SessionFailed):
+    """The body returned, or the log's tail ended, before the worker wrote ``DONE``."""
+
+
 #: Deliverables waiting to be fetched; when full, reading the log pauses until one is handled.
 DELIVERABLE_QUEUE_BOUND: Final = 64
 
@@ -279,7 +287,9 @@ class _Session:
                 continue
             break
         if not self._done_seen:
-            raise SessionFailed(f"the tail of {self._log_path} ended before the worker wrote DONE or ERROR")
+            raise EndedWithoutDone(
+                f"the tail of {self._log_path} ended before the worker wrote DONE or ERROR"
+            )
 
     async def _follow(self, offset: int) -> None:
         """Read the log from ``offset`` until ``DONE``; return early only if the tail ends."""
@@ -333,7 +343,7 @@ class _Session:
             self._progress.set()
             await self._queue.put(_DONE)
         elif isinstance(event, ErrorEvent):
-            raise SessionFailed(event.message or "agent reported ERROR")
+            raise WorkerReportedError(event.message or "agent reported ERROR")
         elif isinstance(event, UnknownLine) and event.text:
             self._ctx.report_progress(None, event.text)
 
@@ -364,7 +374,7 @@ class _Session:
             await self._dispatch(parse_log_line(decode_line(rest)))
         if self._done_seen:
             return
-        raise SessionFailed(
+        raise EndedWithoutDone(
             f"body returned before DONE was observed: the worker did not write DONE (or ERROR) "
             f"to {self._log_path}"
         )
