@@ -236,3 +236,31 @@ async def test_open_regular_file_checks_what_it_opened(host: Host, tmp_path: Pat
     # Closed before it was read: nothing is left open (an fd, a remote reader).
     _, unread = await host.open_regular_file(host.workdir + "/d/f", under=folder)  # type: ignore[attr-defined]
     await unread.aclose()  # type: ignore[attr-defined]
+
+
+async def test_save_into_a_folder_never_writes_outside_it(host: Host, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "link").symlink_to(outside)
+    digests: list[str] = []
+
+    async def on_file(hook_ctx: HookContext, deliverable: Deliverable) -> None:
+        digests.append(await deliverable.save_into(out))
+
+    script = """
+mkdir -p deliverables/a/link deliverables/b
+printf one > deliverables/a/link/x.txt
+printf two > deliverables/b/y.txt
+echo "DELIVERABLE: deliverables/a/link/x.txt" >> optio.log
+echo "DELIVERABLE: deliverables/b/y.txt" >> optio.log
+echo DONE >> optio.log
+"""
+    ctx = RecordingContext()
+    await run_log_protocol_session(host, ctx, body=sh(script), on_deliverable_file=on_file)
+    assert digests == [hashlib.sha256(b"two").hexdigest()]
+    assert (out / "b" / "y.txt").read_bytes() == b"two"
+    assert list(outside.iterdir()) == []
+    [raised] = [m for m in ctx.messages if m.startswith("on_deliverable callback raised: ValueError(")]
+    assert "symlink leads outside" in raised

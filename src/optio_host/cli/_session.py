@@ -22,6 +22,7 @@ from optio_host.host.base import BaseHost
 from optio_host.host.interface import Host
 from optio_host.process import ProcessHandle
 from optio_host.protocol import Deliverable, run_log_protocol_session
+from optio_host.protocol.deliverable import local_target
 from optio_host.protocol.parser import LOG_NAME
 from optio_host.protocol.session import EndedWithoutDone, WorkerReportedError
 from optio_host.types import SSHConfig
@@ -239,19 +240,7 @@ class _Saver:
 
     def target_for(self, relative: str) -> str:
         """The local file for ``relative``; ``ValueError`` if it (or a symlink) leads outside."""
-        target = os.path.normpath(os.path.join(self.root, relative))
-        if os.path.isabs(relative) or not target.startswith(self.root + os.sep):
-            raise ValueError(f"refusing to write {relative!r} outside {self.root}")
-        # A symlink inside the output folder must not lead the write elsewhere either; checked
-        # before creating folders, as makedirs would follow it.
-        real_root = os.path.realpath(self.root)
-        real_dir = os.path.realpath(os.path.dirname(target))
-        if real_dir != real_root and not real_dir.startswith(real_root + os.sep):
-            raise ValueError(f"refusing to write {relative!r}: a symlink leads outside {self.root}")
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        if os.path.islink(target):
-            os.unlink(target)
-        return target
+        return local_target(self.root, relative)
 
 
 async def _session(

@@ -23,7 +23,7 @@ from optio_host._localfs import write_atomic
 from optio_host._streams import CHUNK_SIZE, aclose_iterator
 from optio_host.protocol.parser import relativize_deliverable_path, validate_deliverable_path
 
-__all__ = ["Deliverable", "DeliverableHandler", "open_deliverable"]
+__all__ = ["Deliverable", "DeliverableHandler", "local_target", "open_deliverable"]
 
 #: The largest deliverable given to a text callback (``on_deliverable``): it is held in memory.
 TEXT_LIMIT = 256 * 1024 * 1024
@@ -93,11 +93,40 @@ class Deliverable:
         await write_atomic(target, _hashed(self.chunks(), digest))
         return digest.hexdigest()
 
+    async def save_into(self, folder: str | os.PathLike[str]) -> str:
+        """``save`` to ``folder/relative_path`` on this machine (folders made); returns the SHA-256.
+
+        ``ValueError`` if that path, or a symlink already inside ``folder``,
+        would lead outside ``folder``: a worker's names never write elsewhere.
+        """
+        return await self.save(local_target(folder, self.relative_path))
+
     async def aclose(self) -> None:
         """Release the opened file if no read used it (the session does this after the callback)."""
         stream, self._opened = self._opened, None
         if stream is not None:
             await aclose_iterator(stream)
+
+
+def local_target(folder: str | os.PathLike[str], relative: str) -> str:
+    """The local path for ``relative`` under ``folder`` (parents made); ``ValueError`` if it leads out.
+
+    Lexically (``..``, an absolute path) and through symlinks already inside
+    ``folder``; a symlink at the target itself is removed (the file replaces it).
+    """
+    root = os.path.abspath(os.fspath(folder))
+    target = os.path.normpath(os.path.join(root, relative))
+    if os.path.isabs(relative) or not target.startswith(root + os.sep):
+        raise ValueError(f"refusing to write {relative!r} outside {root}")
+    # Checked before creating folders, as makedirs would follow a link.
+    real_root = os.path.realpath(root)
+    real_dir = os.path.realpath(os.path.dirname(target))
+    if real_dir != real_root and not real_dir.startswith(real_root + os.sep):
+        raise ValueError(f"refusing to write {relative!r}: a symlink leads outside {root}")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if os.path.islink(target):
+        os.unlink(target)
+    return target
 
 
 async def _hashed(chunks: AsyncIterator[bytes], digest: Any) -> AsyncIterator[bytes]:
