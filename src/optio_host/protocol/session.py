@@ -58,6 +58,7 @@ __all__ = [
 #: The name 0.1.x consumers catch; the same class as ``optio_host.errors.SessionFailed``.
 _SessionFailed = SessionFailed
 
+
 class WorkerReportedError(SessionFailed):
     """The worker wrote an ``ERROR`` line; ``str()`` is its message (or ``agent reported ERROR``)."""
 
@@ -187,13 +188,13 @@ class _Session:
         reconnect_timeout: float = RECONNECT_TIMEOUT,
     ) -> None:
         self._host = host
-        self._reconnect_timeout = reconnect_timeout
         self._ctx = ctx
         self._hook_ctx = hook_ctx
         self._handler = handler
         self._workdir = host.workdir
         self._log_path = posixpath.join(self._workdir, LOG_NAME)
         self._deliverables = posixpath.join(self._workdir, DELIVERABLES_DIR)
+        self._links = _Reconnector(host, ctx, self._log_path, reconnect_timeout)
         self._queue: asyncio.Queue[tuple[str, str] | _Done] = asyncio.Queue(DELIVERABLE_QUEUE_BOUND)
         self._bytes_tail = hasattr(host, "tail_bytes")  # else 0.1.2's tail_file (lines)
         self._splitter = LineSplitter()
@@ -283,7 +284,7 @@ class _Session:
                 else:
                     await self._follow_lines()
             except HostConnectionError as exc:
-                await self._reconnect(exc, "following the log")
+                await self._links.reconnect(exc, "following the log")
                 continue
             break
         if not self._done_seen:
@@ -357,7 +358,7 @@ class _Session:
                 return
             relative, path = item
             what = f"fetching deliverable {relative}"
-            await self._handler.hand_over(relative, path, partial(self._retrying, what))
+            await self._handler.hand_over(relative, path, partial(self._links.retrying, what))
 
     # ---------------------------------------------------------------- the body
 
@@ -389,7 +390,9 @@ class _Session:
         behind a slow callback) does not count: that is progress, not a stall.
         """
         if self._bytes_tail and hasattr(self._host, "file_size"):
-            size = await self._retrying("checking the log", lambda: self._host.file_size(self._log_path))
+            size = await self._links.retrying(
+                "checking the log", lambda: self._host.file_size(self._log_path)
+            )
             if size is None or not await self._wait_for(
                 lambda: self._received >= size and self._dispatched == self._splitter.offset
             ):
@@ -423,17 +426,38 @@ class _Session:
                     await self._progress.wait()
         return True
 
-    # ---------------------------------------------------------------- lost connections
+    # ---------------------------------------------------------------- cancellation
 
-    async def _retrying(self, what: str, operation: Callable[[], Awaitable[_T]]) -> _T:
+    async def _watch(self) -> None:
+        flag = getattr(self._ctx, "cancellation_flag", None)
+        while self._ctx.should_continue():
+            if isinstance(flag, asyncio.Event):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CANCEL_POLL_INTERVAL):
+                        await flag.wait()
+            else:
+                await asyncio.sleep(CANCEL_POLL_INTERVAL)
+        self._finish()
+
+
+class _Reconnector:
+    """Rides out a lost connection: waits until the host answers again, within a time budget."""
+
+    def __init__(self, host: Host, ctx: Any, log_path: str, reconnect_timeout: float) -> None:
+        self._host = host
+        self._ctx = ctx
+        self._log_path = log_path
+        self._reconnect_timeout = reconnect_timeout
+
+    async def retrying(self, what: str, operation: Callable[[], Awaitable[_T]]) -> _T:
         """``operation()``, run again after reconnecting whenever the connection was lost."""
         while True:
             try:
                 return await operation()
             except HostConnectionError as exc:
-                await self._reconnect(exc, what)
+                await self.reconnect(exc, what)
 
-    async def _reconnect(self, cause: HostConnectionError, what: str) -> None:
+    async def reconnect(self, cause: HostConnectionError, what: str) -> None:
         """Return once the host answers again; ``SessionFailed`` after ``reconnect_timeout``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._reconnect_timeout
@@ -463,19 +487,6 @@ class _Session:
             await self._host.file_size(self._log_path)
         else:
             await self._host.run_command(":")
-
-    # ---------------------------------------------------------------- cancellation
-
-    async def _watch(self) -> None:
-        flag = getattr(self._ctx, "cancellation_flag", None)
-        while self._ctx.should_continue():
-            if isinstance(flag, asyncio.Event):
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(CANCEL_POLL_INTERVAL):
-                        await flag.wait()
-            else:
-                await asyncio.sleep(CANCEL_POLL_INTERVAL)
-        self._finish()
 
 
 async def _wait_uncancellable(tasks: list[asyncio.Task[None]]) -> None:
