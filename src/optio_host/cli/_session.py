@@ -218,6 +218,8 @@ class _Saver:
         self.root = os.path.abspath(out_dir)
         self.view = view
         self.saved: list[str] = []
+        #: The workdir on the host (set once connected), left out of reasons.
+        self.workdir = ""
         #: ``(name, reason)`` of every deliverable not saved, in order.
         self.skipped: list[tuple[str, str]] = []
 
@@ -236,6 +238,8 @@ class _Saver:
         """The session's report of a deliverable it did not hand over."""
         reason = message.removeprefix(f"Deliverable {path}: ").removeprefix(f"deliverable {path!r}: ")
         reason = reason.replace(", skipping", "")
+        if self.workdir:
+            reason = reason.replace(self.workdir + "/", "")  # a path that is gone once we end
         self.skipped.append((path, reason))
 
     def target_for(self, relative: str) -> str:
@@ -252,6 +256,7 @@ async def _session(
         saver = _Saver(options.out_dir, view)
         ctx = _CliContext(view.progress)
         async with make_host(ssh=ssh_config) as host:
+            saver.workdir = host.workdir
             for path in options.uploads:
                 await interrupt.race(
                     host.put_file_to_host(path, posixpath.join(host.workdir, os.path.basename(path)))
