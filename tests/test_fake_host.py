@@ -210,7 +210,7 @@ async def test_hook_context_on_a_fake(fake: Host012, tmp_path: Path) -> None:
     assert "Copying in.txt..." in ctx.messages
     assert "Reading in.txt..." in ctx.messages
     assert "Already up to date: in.txt" in ctx.messages
-    with pytest.raises(ValueError, match="^path must not be empty"):
+    with pytest.raises(ValueError, match=r"^path must not be empty"):
         await hook_ctx.read_from_host("")
     with pytest.raises(ValueError, match=re.escape("workdir-relative path may not contain '..': 'a/../b'")):
         await hook_ctx.read_from_host("a/../b")
