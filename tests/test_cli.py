@@ -21,7 +21,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from optio_host.cli import main
+from optio_host.cli import _demo_chart, main
 from optio_host.cli._session import _Saver
 from optio_host.cli._target import parse_ssh_target
 from optio_host.testing import SshServer
@@ -492,7 +492,8 @@ def test_session_failures_exit_1_with_one_line(target: Target, tmp_path: Path) -
     assert_one_line_error(error.stderr, "disk on fire")
     assert error.stdout == "  5% trying\n"
     assert early.returncode == 1
-    assert_one_line_error(early.stderr, "DONE", "exit code 3")
+    assert_one_line_error(early.stderr, "the worker exited (code 3) before writing DONE", "--keep")
+    assert "/" not in early.stderr.split("DONE", 1)[1]  # no path of a workdir already deleted
     assert missing.returncode == 1
     assert_one_line_error(missing.stderr, "no-such-worker", "not found")
     assert not (tmp_path / "o").exists()
@@ -504,31 +505,92 @@ def test_session_missing_upload_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(result.stderr, "gone.sh")
 
 
-class _QuietView:
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
-
-
-async def test_deliverables_are_never_written_outside_the_output_folder(tmp_path: Path) -> None:
+def test_deliverables_are_never_written_outside_the_output_folder(tmp_path: Path) -> None:
     out = tmp_path / "out"
     outside = tmp_path / "outside"
     outside.mkdir()
-    saver = _Saver(str(out), _QuietView())  # type: ignore[arg-type]
+    saver = _Saver(str(out), None)  # type: ignore[arg-type]
     for bad in ("../escape.txt", "/etc/passwd-copy", "sub/../../escape.txt"):
         with pytest.raises(ValueError, match="outside"):
-            await saver(None, bad, "x")  # type: ignore[arg-type]
+            saver.target_for(bad)
     out.mkdir(exist_ok=True)
     (out / "link").symlink_to(outside)
     with pytest.raises(ValueError, match="symlink"):
-        await saver(None, "link/sub/file.txt", "x")  # type: ignore[arg-type]
+        saver.target_for("link/sub/file.txt")
     assert list(outside.iterdir()) == []
-    assert not (tmp_path / "escape.txt").exists()
-    await saver(None, "fine/ok.txt", "ok")  # type: ignore[arg-type]
-    assert (out / "fine" / "ok.txt").read_text() == "ok"
-    assert saver.failed == ["../escape.txt", "/etc/passwd-copy", "sub/../../escape.txt", "link/sub/file.txt"]
+    assert saver.target_for("fine/ok.txt") == str(out / "fine" / "ok.txt")
+
+
+BINARY_WORKER = r"""
+head -c 300000 /dev/urandom > deliverables/blob.bin
+printf '\377\376\000\r\n' > deliverables/odd.dat
+printf 'text\n' > deliverables/t.txt
+for name in blob.bin odd.dat t.txt; do echo "DELIVERABLE: deliverables/$name" >> "$OPTIO_LOG"; done
+sha256sum deliverables/blob.bin deliverables/odd.dat
+echo "DONE" >> "$OPTIO_LOG"
+"""
+
+
+def test_session_saves_binary_deliverables_byte_for_byte(target: Target, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = cli("session", *target.args, "--out", str(out), "--", "sh", "-c", BINARY_WORKER, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sums = dict(reversed(line.split()) for line in result.stderr.splitlines() if "deliverables/" in line)
+    assert hashlib.sha256((out / "blob.bin").read_bytes()).hexdigest() == sums["deliverables/blob.bin"]
+    assert (out / "odd.dat").read_bytes() == b"\xff\xfe\x00\r\n"
+    assert (out / "t.txt").read_bytes() == b"text\n"
+    assert "saved out/blob.bin (300000 bytes)" in result.stdout.splitlines()
+    assert result.stdout.splitlines()[-1] == "done: 3 deliverable(s) saved in out"
+
+
+SKIPPING_WORKER = r"""
+printf ok > deliverables/ok.txt
+mkfifo deliverables/pipe
+echo "DELIVERABLE: deliverables/ok.txt" >> "$OPTIO_LOG"
+echo "DELIVERABLE: deliverables/missing.bin" >> "$OPTIO_LOG"
+echo "DELIVERABLE: deliverables/pipe" >> "$OPTIO_LOG"
+echo "DELIVERABLE: ../../etc/passwd" >> "$OPTIO_LOG"
+echo "DONE" >> "$OPTIO_LOG"
+"""
+
+
+def test_session_names_each_skipped_deliverable_and_exits_3(target: Target, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = cli("session", *target.args, "--out", str(out), "--", "sh", "-c", SKIPPING_WORKER, cwd=tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert_one_line_error(result.stderr, "3 deliverable(s) were skipped", "missing.bin", "pipe", "passwd")
+    lines = result.stdout.splitlines()
+    assert "skipped missing.bin: not found" in lines
+    assert any(
+        line.startswith("skipped pipe: fetch failed: ") and "not a regular file" in line for line in lines
+    )
+    assert "skipped ../../etc/passwd: invalid deliverable path '../../etc/passwd'" in lines
+    assert (out / "ok.txt").read_bytes() == b"ok"
+    assert not (out / "pipe").exists()
+
+
+def test_session_keep_names_a_log_that_exists(target: Target, tmp_path: Path) -> None:
+    script = 'echo "STATUS: 50% half" >> "$OPTIO_LOG"; exit 7'
+    result = cli("session", *target.args, "--keep", "--out", str(tmp_path / "o"), "--", "sh", "-c", script)
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "the worker exited (code 7) before writing DONE", "kept")
+    log = re.search(r"log (/\S+/optio\.log)", result.stderr)
+    assert log is not None, result.stderr
+    try:
+        assert Path(log.group(1)).read_text() == "STATUS: 50% half\n"
+    finally:
+        shutil.rmtree(Path(log.group(1)).parent.parent, ignore_errors=True)
+
+
+def test_session_shows_the_output_written_just_before_done(target: Target, tmp_path: Path) -> None:
+    script = (
+        'i=0; while [ $i -lt 200 ]; do echo "line $i"; i=$((i+1)); done; '
+        'echo "last words"; echo DONE >> "$OPTIO_LOG"'
+    )
+    runs = cli_many(*[["session", *target.args, "--out", str(tmp_path / "o"), "--", "sh", "-c", script]] * 3)
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+        assert run.stderr.endswith("line 199\nlast words\n"), run.stderr[-200:]
 
 
 # ---------------------------------------------------------------- demo
@@ -541,16 +603,23 @@ def test_demo_runs_the_bundled_worker(target: Target, tmp_path: Path) -> None:
     assert_plain(result.stdout, result.stderr)
     out = tmp_path / "demo-deliverables"
     assert sorted(str(path.relative_to(out)) for path in out.rglob("*") if path.is_file()) == [
+        "chart.png",
         "data.csv",
         "meta/summary.json",
         "report.txt",
     ]
+    # The chart is binary and saved byte for byte: the same as drawing it here from the same CSV.
+    chart = (out / "chart.png").read_bytes()
+    assert chart.startswith(b"\x89PNG\r\n\x1a\n")
+    redrawn = tmp_path / "redrawn.png"
+    assert _demo_chart.main([str(out / "data.csv"), "square", str(redrawn)]) == 0
+    assert redrawn.read_bytes() == chart
     assert (out / "data.csv").read_text().splitlines()[:3] == ["n,square,cube", "1,1,1", "2,4,8"]
     assert "sum 1..20:   210" in (out / "report.txt").read_text()
     statuses = [line for line in result.stdout.splitlines() if re.match(r"^\s*\d+% Step", line)]
     assert len(statuses) == 10
     assert statuses[-1] == "100% Step 10/10: finished"
-    assert result.stdout.splitlines()[-1] == "done: 3 deliverable(s) saved in demo-deliverables"
+    assert result.stdout.splitlines()[-1] == "done: 4 deliverable(s) saved in demo-deliverables"
 
 
 # ---------------------------------------------------------------- tunnel

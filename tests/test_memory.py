@@ -79,3 +79,70 @@ def test_large_transfers_and_archives_keep_memory_flat(
     assert outcome["peak"] < 150 * 1024 * 1024, (
         f"peak RSS {outcome['peak'] / 2**20:.0f} MiB for {SIZE >> 20} MiB"
     )
+
+
+DELIVERABLE_CHILD = r"""
+import asyncio, json, sys
+from optio_host import RemoteHost, SSHConfig
+from optio_host.protocol import run_log_protocol_session
+from optio_host.testing import RecordingContext
+spec = json.loads(sys.argv[1])
+
+async def main():
+    saved = {}
+
+    async def body(host, hook_ctx):
+        await host.run(
+            f"head -c {spec['size']} /dev/urandom > deliverables/big.bin && "
+            "echo 'DELIVERABLE: deliverables/big.bin' >> optio.log && echo DONE >> optio.log",
+            check=True,
+        )
+
+    async def on_file(hook_ctx, deliverable):
+        saved["sha256"] = await deliverable.save(spec["out"])
+        saved["size"] = deliverable.size
+
+    async with RemoteHost(SSHConfig(**spec["ssh"]), spec["taskdir"]) as host:
+        await run_log_protocol_session(host, RecordingContext(), body=body, on_deliverable_file=on_file)
+        saved["remote_sha256"] = await host.file_sha256(host.workdir + "/deliverables/big.bin")
+    with open("/proc/self/status") as status:
+        saved["peak"] = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM"))
+    print(json.dumps(saved))
+
+asyncio.run(main())
+"""
+
+
+def test_a_1_gib_deliverable_from_a_remote_host_keeps_memory_under_100_mib(
+    optio_sshd: SshServer, tmp_path: os.PathLike[str]
+) -> None:
+    size = 1024**3
+    spec = {
+        "ssh": {
+            "host": optio_sshd.host,
+            "user": optio_sshd.user,
+            "key_path": optio_sshd.key_path,
+            "port": optio_sshd.port,
+            "known_hosts": optio_sshd.known_hosts,
+            "host_key_policy": "strict",
+        },
+        "taskdir": f"{optio_sshd.scratch}/deliverable-memory-test",
+        "out": os.path.join(tmp_path, "big.bin"),
+        "size": size,
+    }
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", DELIVERABLE_CHILD, json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=220,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        outcome = json.loads(result.stdout.strip().splitlines()[-1])
+        assert outcome["size"] == size == os.path.getsize(spec["out"])
+        assert outcome["sha256"] == outcome["remote_sha256"]
+        print(f"1 GiB deliverable saved from RemoteHost: VmHWM {outcome['peak'] / 2**20:.1f} MiB")
+        assert outcome["peak"] < 100 * 1024 * 1024, f"peak RSS {outcome['peak'] / 2**20:.0f} MiB for 1 GiB"
+    finally:
+        subprocess.run(["rm", "-rf", spec["taskdir"], spec["out"]], check=False)

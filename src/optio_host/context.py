@@ -278,7 +278,7 @@ class HookContext:
     async def _resolve(self, path: str) -> str:
         """The absolute host path for one of the three path forms; ``ValueError`` if refused."""
         if not isinstance(path, str) or not path:
-            raise ValueError(f"a host path must be a non-empty string, got {path!r}")
+            raise ValueError(f"path must not be empty (got {path!r})")
         if "\0" in path:
             raise ValueError(f"host path contains a NUL character: {path!r}")
         if path.startswith("/"):
@@ -291,11 +291,11 @@ class HookContext:
             # workdir is almost never what was meant.
             raise ValueError(f"host path {path!r}: only ~ and ~/... are supported, not ~user")
         if ".." in path.split("/"):
-            raise ValueError(f"host path {path!r} must stay inside the workdir (no '..' segments)")
+            raise ValueError(f"workdir-relative path may not contain '..': {path!r}")
         workdir = posixpath.normpath(self._host.workdir)
         absolute = posixpath.normpath(posixpath.join(workdir, path))
         if not absolute.startswith(workdir.rstrip("/") + "/"):
-            raise ValueError(f"host path {path!r} does not name anything inside the workdir {workdir}")
+            raise ValueError(f"workdir-relative path escapes workdir: {path!r} (workdir: {workdir})")
         return absolute
 
     async def _blob_sha256(self, blob_id: ObjectId) -> str:

@@ -6,28 +6,38 @@ import asyncio
 import os
 import posixpath
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import click
 
-from optio_host._localfs import write_atomic
 from optio_host.cli._display import SessionView
 from optio_host.cli._runner import CliError, Interrupt, run_async
 from optio_host.cli._target import describe_target, env_option, host_options
 from optio_host.context import HookContext
 from optio_host.errors import SessionFailed
 from optio_host.host import make_host
+from optio_host.host.base import BaseHost
 from optio_host.host.interface import Host
 from optio_host.process import ProcessHandle
-from optio_host.protocol import run_log_protocol_session
+from optio_host.protocol import Deliverable, run_log_protocol_session
+from optio_host.protocol.deliverable import local_target
 from optio_host.protocol.parser import LOG_NAME
+from optio_host.protocol.session import EndedWithoutDone, WorkerReportedError
 from optio_host.types import SSHConfig
 from optio_host.worker import LOG_ENV
 
 __all__ = ["demo", "session"]
 
 DEMO_WORKER = "demo_worker.sh"
+DEMO_CHART = "_demo_chart.py"
+
+
+#: Exit code when the worker finished (DONE) but a deliverable was skipped (none could be saved).
+EXIT_SKIPPED = 3
+#: After the session ended: how long the worker may take to exit, its last output still shown.
+DRAIN_GRACE = 3.0
 
 
 # Everything after WORKER belongs to it, options included (``--`` is then optional).
@@ -40,7 +50,7 @@ DEMO_WORKER = "demo_worker.sh"
     show_default=True,
     metavar="DIR",
     type=click.Path(file_okay=False),
-    help="Save deliverables here, keeping their paths under deliverables/.",
+    help="Save deliverables here, byte for byte, keeping their paths under deliverables/.",
 )
 @click.option(
     "--upload",
@@ -50,27 +60,34 @@ DEMO_WORKER = "demo_worker.sh"
     type=click.Path(dir_okay=False),
     help="Copy FILE into the workdir before the worker starts (repeatable).",
 )
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="After a failure, keep the workdir and its optio.log on the host (the message says where).",
+)
 @env_option
 @click.argument("worker", nargs=-1, required=True, metavar="-- WORKER [ARG...]")
 def session(
     ssh_config: SSHConfig | None,
     out_dir: str,
     uploads: tuple[str, ...],
+    keep: bool,
     env: dict[str, str],
     worker: tuple[str, ...],
 ) -> int:
     """Run WORKER in a fresh workdir on the host and follow its optio.log.
 
     The worker runs in the workdir with OPTIO_LOG set to its log. Progress
-    comes from its STATUS lines; its DELIVERABLE files are saved under --out;
-    the command ends with exit code 0 on DONE, 1 on ERROR or when the worker
-    exits without DONE, 130 on Ctrl-C (the worker and its children are stopped).
+    comes from its STATUS lines; its DELIVERABLE files (any bytes) are saved
+    under --out. Exit codes: 0 on DONE with every deliverable saved; 3 on DONE
+    when a deliverable was skipped (each is named, with the reason); 1 on
+    ERROR or when the worker exits without DONE; 255 when the host cannot be
+    reached; 130 on Ctrl-C (the worker and its children are stopped).
     """
     argv = list(worker)
+    options = _Options(out_dir, uploads, env, keep)
     return run_async(
-        lambda interrupt: _session(
-            interrupt, ssh_config, argv, out_dir, uploads, env, title=os.path.basename(argv[0])
-        )
+        lambda interrupt: _session(interrupt, ssh_config, argv, options, title=os.path.basename(argv[0]))
     )
 
 
@@ -88,16 +105,27 @@ def session(
 def demo(ssh_config: SSHConfig | None, out_dir: str) -> int:
     """Run the bundled demo worker (a POSIX sh script) as a session.
 
-    It reports ten steps with percents over a few seconds, hands over a
-    report, a CSV and a JSON file, and ends with DONE.
+    It reports ten steps with percents over a few seconds and hands over a
+    report, a CSV, a JSON file and, when the host has python3, a PNG chart;
+    then it ends with DONE.
     """
-    script = resources.files("optio_host.cli").joinpath(DEMO_WORKER)
-    with resources.as_file(script) as path:
+    files = resources.files("optio_host.cli")
+    with (
+        resources.as_file(files.joinpath(DEMO_WORKER)) as worker,
+        resources.as_file(files.joinpath(DEMO_CHART)) as chart,
+    ):
+        options = _Options(out_dir, (os.fspath(worker), os.fspath(chart)), {}, keep=False)
         return run_async(
-            lambda interrupt: _session(
-                interrupt, ssh_config, ["/bin/sh", DEMO_WORKER], out_dir, (os.fspath(path),), {}, title="demo"
-            )
+            lambda interrupt: _session(interrupt, ssh_config, ["/bin/sh", DEMO_WORKER], options, title="demo")
         )
+
+
+@dataclass(frozen=True)
+class _Options:
+    out_dir: str
+    uploads: tuple[str, ...]
+    env: dict[str, str]
+    keep: bool
 
 
 class _CliContext:
@@ -118,7 +146,12 @@ class _CliContext:
 
 
 class _Worker:
-    """The session body: starts the worker, relays its output, remembers how it ended."""
+    """The session body: starts the worker, relays its output, remembers how it ended.
+
+    The relays are tasks of their own, not part of the body: when the session
+    ends at ``DONE`` the body is cancelled, but the worker's last output must
+    still be shown (``finish`` drains it).
+    """
 
     def __init__(self, argv: list[str], env: dict[str, str], view: SessionView) -> None:
         self.argv = argv
@@ -127,102 +160,147 @@ class _Worker:
         self.host: Host | None = None
         self.handle: ProcessHandle | None = None
         self.exit_code: int | None = None
+        self._started: asyncio.Future[None] | None = None
+        self._relays: list[asyncio.Task[None]] = []
 
     async def body(self, host: Host, hook_ctx: HookContext) -> None:
-        env = {**self.env, LOG_ENV: posixpath.join(host.workdir, LOG_NAME)}
         self.host = host
+        self._started = asyncio.ensure_future(self._start(host))
+        # The worker may write DONE before its start has returned here: the session then
+        # cancels the body, but the start goes on (shielded) and ``finish`` takes it over.
+        await asyncio.shield(self._started)
+        await asyncio.wait(self._relays)  # cancelling the body leaves the relays running
+        if self.handle is not None:
+            self.exit_code = await self.handle.wait()
+
+    async def _start(self, host: Host) -> None:
+        env = {**self.env, LOG_ENV: posixpath.join(host.workdir, LOG_NAME)}
         try:
             self.handle = await host.launch_subprocess(self.argv, env=env, merge_stderr=False)
         except FileNotFoundError:
             raise CliError(f"{self.argv[0]}: worker not found in the workdir or on the PATH") from None
         except PermissionError:
             raise CliError(f"{self.argv[0]}: permission denied (not executable?)") from None
-        await asyncio.gather(
-            self._relay(self.handle.stdout, err=False), self._relay(self.handle.stderr, err=True)
-        )
-        self.exit_code = await self.handle.wait()
+        self._relays = [
+            asyncio.create_task(self._relay(self.handle.stdout, err=False)),
+            asyncio.create_task(self._relay(self.handle.stderr, err=True)),
+        ]
 
     async def _relay(self, chunks: AsyncIterator[bytes] | None, *, err: bool) -> None:
         if chunks is not None:
             async for chunk in chunks:
                 self.view.output(chunk, err=err)
 
-    async def stop(self) -> None:
-        """End the worker's whole process tree if it still runs (after DONE, failure or Ctrl-C)."""
+    async def finish(self) -> None:
+        """Show the worker's remaining output, then end its process tree if it still runs."""
+        if self._started is not None:
+            await asyncio.wait([self._started])
+            if not self._started.cancelled() and self._started.exception() is not None:
+                return  # it never started; the body has raised why
+        if self._relays:
+            await asyncio.wait(self._relays, timeout=DRAIN_GRACE)
         if self.host is not None and self.handle is not None and self.handle.returncode is None:
             await asyncio.shield(self.host.terminate_subprocess(self.handle))
+        if self._relays:
+            # Killed: its pipes close, so what it wrote last still arrives.
+            _, pending = await asyncio.wait(self._relays, timeout=DRAIN_GRACE)
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(self._relays)
+        if self.handle is not None and self.handle.returncode is not None and self.exit_code is None:
+            self.exit_code = self.handle.returncode
 
 
 class _Saver:
-    """``on_deliverable``: writes each deliverable under the output folder, never outside it."""
+    """``on_deliverable_file``: saves each deliverable under the output folder, never outside it."""
 
     def __init__(self, out_dir: str, view: SessionView) -> None:
         self.root = os.path.abspath(out_dir)
         self.view = view
         self.saved: list[str] = []
-        self.failed: list[str] = []
+        #: The workdir on the host (set once connected), left out of reasons.
+        self.workdir = ""
+        #: ``(name, reason)`` of every deliverable not saved, in order.
+        self.skipped: list[tuple[str, str]] = []
 
-    async def __call__(self, hook_ctx: HookContext, relative: str, text: str) -> None:
+    async def __call__(self, hook_ctx: HookContext, deliverable: Deliverable) -> None:
+        relative = deliverable.relative_path
         try:
-            target = self._target(relative)
-            data = text.encode("utf-8")  # the driver decoded valid UTF-8: this gives the same bytes
-
-            async def chunks() -> AsyncIterator[bytes]:
-                yield data
-
-            await write_atomic(target, chunks())
-        except Exception:
-            self.failed.append(relative)
-            raise  # the session reports it and goes on
+            target = self.target_for(relative)
+            await deliverable.save(target)
+        except (OSError, ValueError) as exc:
+            self.skipped.append((relative, f"could not be saved: {exc}"))
+            return
         self.saved.append(target)
-        self.view.note(f"saved {os.path.relpath(target)} ({len(data)} bytes)")
+        self.view.note(f"saved {os.path.relpath(target)} ({deliverable.size} bytes)")
 
-    def _target(self, relative: str) -> str:
-        target = os.path.normpath(os.path.join(self.root, relative))
-        if os.path.isabs(relative) or not target.startswith(self.root + os.sep):
-            raise ValueError(f"refusing to write {relative!r} outside {self.root}")
-        # A symlink inside the output folder must not lead the write elsewhere either; checked
-        # before creating folders, as makedirs would follow it.
-        real_root = os.path.realpath(self.root)
-        real_dir = os.path.realpath(os.path.dirname(target))
-        if real_dir != real_root and not real_dir.startswith(real_root + os.sep):
-            raise ValueError(f"refusing to write {relative!r}: a symlink leads outside {self.root}")
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        if os.path.islink(target):
-            os.unlink(target)
-        return target
+    def on_skipped(self, path: str, message: str) -> None:
+        """The session's report of a deliverable it did not hand over."""
+        reason = message.removeprefix(f"Deliverable {path}: ").removeprefix(f"deliverable {path!r}: ")
+        reason = reason.replace(", skipping", "")
+        if self.workdir:
+            reason = reason.replace(self.workdir + "/", "")  # a path that is gone once we end
+        self.skipped.append((path, reason))
+
+    def target_for(self, relative: str) -> str:
+        """The local file for ``relative``; ``ValueError`` if it (or a symlink) leads outside."""
+        return local_target(self.root, relative)
 
 
 async def _session(
-    interrupt: Interrupt,
-    ssh_config: SSHConfig | None,
-    argv: list[str],
-    out_dir: str,
-    uploads: tuple[str, ...],
-    env: dict[str, str],
-    title: str,
+    interrupt: Interrupt, ssh_config: SSHConfig | None, argv: list[str], options: _Options, title: str
 ) -> int:
     where = describe_target(ssh_config)
     with SessionView(f"{title} on {where}") as view:
-        worker = _Worker(argv, env, view)
-        saver = _Saver(out_dir, view)
+        worker = _Worker(argv, options.env, view)
+        saver = _Saver(options.out_dir, view)
         ctx = _CliContext(view.progress)
         async with make_host(ssh=ssh_config) as host:
-            for path in uploads:
+            saver.workdir = host.workdir
+            for path in options.uploads:
                 await interrupt.race(
                     host.put_file_to_host(path, posixpath.join(host.workdir, os.path.basename(path)))
                 )
             try:
                 await interrupt.race(
-                    run_log_protocol_session(host, ctx, body=worker.body, on_deliverable=saver)
+                    run_log_protocol_session(
+                        host,
+                        ctx,
+                        body=worker.body,
+                        on_deliverable_file=saver,
+                        on_deliverable_skipped=saver.on_skipped,
+                    )
                 )
             except SessionFailed as exc:
-                detail = f" (worker exit code {worker.exit_code})" if worker.exit_code is not None else ""
-                raise CliError(f"session on {where} failed: {exc}{detail}") from None
+                await worker.finish()
+                raise CliError(_failure(exc, worker, host, where, keep=options.keep)) from None
             finally:
-                await worker.stop()
-        if saver.failed:
-            raise CliError(f"the worker finished, but {len(saver.failed)} deliverable(s) could not be saved")
+                await worker.finish()
+        view.progress(100, None)  # DONE: the work is complete, whatever the last STATUS said
+        if saver.skipped:
+            for name, reason in saver.skipped:
+                view.note(f"skipped {name}: {reason}")
+            raise CliError(
+                f"the worker finished, but {len(saver.skipped)} deliverable(s) were skipped: "
+                + ", ".join(name for name, _ in saver.skipped),
+                code=EXIT_SKIPPED,
+            )
         count = len(saver.saved)
         view.note(f"done: {count} deliverable(s) saved in {os.path.relpath(saver.root)}")
     return 0
+
+
+def _failure(exc: SessionFailed, worker: _Worker, host: Host, where: str, *, keep: bool) -> str:
+    """The one-line failure, in terms of the worker; names the kept log only if it is kept."""
+    if isinstance(exc, EndedWithoutDone) and worker.exit_code is not None:
+        text = f"the worker exited (code {worker.exit_code}) before writing DONE"
+    elif isinstance(exc, EndedWithoutDone):
+        text = "the worker's log ended before it wrote DONE"
+    elif isinstance(exc, WorkerReportedError):
+        text = f"the worker reported ERROR: {exc}"
+    else:
+        text = f"the session failed: {exc}"
+    if keep and isinstance(host, BaseHost):
+        host.keep_taskdir()
+        return f"{text}; kept its workdir {host.workdir} and log {host.workdir}/{LOG_NAME} on {where}"
+    return f"{text} (use --keep to keep its workdir and log)"

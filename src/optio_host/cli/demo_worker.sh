@@ -91,6 +91,17 @@ cp "$work/report.txt" "$out/report.txt" || fail "cannot write $out/report.txt"
 say "DELIVERABLE: $out/report.txt"
 pause
 
+say "STATUS: 85% drawing chart.png"
+# A binary deliverable: a bar chart of the squares, drawn by the host's python3 (standard library
+# only) when it has one; a host without python3 simply hands over one file fewer.
+chart=0
+if command -v python3 >/dev/null 2>&1 && python3 _demo_chart.py "$work/data.csv" square "$out/chart.png"; then
+    say "DELIVERABLE: $out/chart.png"
+    chart=1
+else
+    say "STATUS: 85% no python3 on this host: skipping the chart"
+fi
+
 say "STATUS: 90% Step 9/10: writing summary.json"
 mkdir -p "$out/meta"
 printf '{"numbers": 20, "sum": %s, "sum_of_squares": %s}\n' "$total" "$squares" >"$out/meta/summary.json"
@@ -98,4 +109,4 @@ say "DELIVERABLE: $out/meta/summary.json"
 pause
 
 say "STATUS: 100% Step 10/10: finished"
-say "DONE: demo finished on $host_name: 3 deliverables"
+say "DONE: demo finished on $host_name: $((3 + chart)) deliverables"

@@ -13,6 +13,7 @@ from optio_host.quoting import env_assignments_line, join
 __all__ = [
     "ARCHIVE",
     "GET",
+    "GET_CHECKED",
     "KILL_GROUP",
     "PUT",
     "RESTORE_COMMIT",
@@ -89,12 +90,35 @@ if [ -n "$mode" ]; then chmod "$mode" -- "$temp" || exit 1; fi
 exec cat >> "$temp"
 """
 
-# Stream $1: a first line with its size (or "missing", "directory"), then its bytes. (The size
+# Stream $1: a first line with its size (or "missing", "directory", "special"), then its bytes.
+# A FIFO or device is refused before it is opened (opening a FIFO waits for a writer). (The size
 # comes from a second open: wc -c on the shared descriptor would seek it to the end.)
 GET = r"""if [ ! -e "$1" ]; then echo missing; exit 3; fi
 if [ -d "$1" ]; then echo directory; exit 4; fi
+if [ ! -f "$1" ]; then echo special; exit 4; fi
 exec 3< "$1" || exit 5
 set -- $(wc -c < "$1")
+echo "$1"
+exec cat <&3
+"""
+
+# GET, but the bytes are those of the file checked: open $1 first, then verify what was opened
+# (through /proc/$$/fd/3, which names the opened file itself, not whatever the name leads to
+# now): a regular file whose real path is under $2 (a real path). Refusals: "special", or
+# "outside <real path>". Without /proc the name is resolved instead (a swap can then slip by).
+# A FIFO swapped in between the -f test and the open makes the open wait: the caller times out.
+GET_CHECKED = r"""if [ ! -e "$1" ]; then echo missing; exit 3; fi
+if [ -d "$1" ]; then echo directory; exit 4; fi
+if [ ! -f "$1" ]; then echo special; exit 4; fi
+exec 3< "$1" || exit 5
+opened=/proc/$$/fd/3
+if [ -e "$opened" ]; then real=$(readlink -- "$opened"); else opened=$1; real=$(readlink -f -- "$1"); fi
+if [ ! -f "$opened" ]; then echo special; exit 4; fi
+case $real in
+  "$2"/*) ;;
+  *) printf 'outside %s\n' "$real"; exit 6 ;;
+esac
+set -- $(wc -c < "$opened")
 echo "$1"
 exec cat <&3
 """

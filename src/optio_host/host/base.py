@@ -16,7 +16,7 @@ import os
 import posixpath
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from types import TracebackType
@@ -38,8 +38,11 @@ from optio_host.errors import CommandTimeout, HostCommandError, HostNotConnected
 from optio_host.host.interface import Command, FileSource, Host
 from optio_host.process import ProcessHandle, RunResult
 
-__all__ = ["BaseHost", "Command", "FileSource", "Host"]  # the interface is re-exported here
+# The interface is re-exported here.
+__all__ = ["BaseHost", "Command", "FileSource", "Host", "ReleasingIterator"]
 
+#: ``fetch_bytes_from_host`` reserves memory for at most this much before reading.
+_PRESIZE_LIMIT = 64 * 1024 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAGIC = re.compile(r"[*?\[]")
 
@@ -188,6 +191,10 @@ class BaseHost(ABC):
                     self._taskdir = None
         finally:
             await self._close()
+
+    def keep_taskdir(self) -> None:
+        """Leave a private taskdir (made at ``connect()``) in place at ``disconnect()``."""
+        self._owns_taskdir = False
 
     @abstractmethod
     async def _open(self) -> None: ...
@@ -375,6 +382,10 @@ class BaseHost(ABC):
         """Size and chunks of a file; ``FileNotFoundError`` if it is missing."""
 
     @abstractmethod
+    async def _open_checked(self, path: str, folder: str) -> tuple[int, AsyncIterator[bytes]]:
+        """``_read_file`` of what ``path`` opens, verified to be a regular file under ``folder``."""
+
+    @abstractmethod
     async def file_sha256(self, path: str) -> str | None:
         """Hex SHA-256 of a file, computed on the host; ``None`` if there is no such file."""
 
@@ -458,6 +469,20 @@ class BaseHost(ABC):
 
         await self._write_file_atomic(target, tap.tap(src.open()), mode=src.mode, before_commit=verify)
 
+    async def open_regular_file(self, path: str, *, under: str) -> tuple[int, AsyncIterator[bytes]]:
+        """Open ``path`` on the host, then verify what was opened; return its size and bytes.
+
+        The opened file must be a regular file whose real path (every link
+        resolved, as the host sees it) lies under the folder ``under`` (itself
+        a real path). So the bytes handed over are those of the file checked,
+        whatever is swapped in meanwhile. A FIFO or device is refused without
+        being read and without blocking. Missing: ``FileNotFoundError``;
+        refused: ``PermissionError`` (outside) or ``OSError`` (not a regular file).
+        Close the iterator (``aclose``) when done with it early.
+        """
+        folder = posixpath.normpath(self._resolve(under, what="folder"))
+        return await self._open_checked(self._resolve(path), folder)
+
     async def fetch_bytes_from_host(
         self, absolute_path: str, *, progress_cb: ProgressCallback | None = None
     ) -> bytes:
@@ -465,15 +490,19 @@ class BaseHost(ABC):
         path = self._resolve(absolute_path)
         size, chunks = await self._read_file(path)
         tap = _CountTap(size, progress_cb)
-        # A pre-sized BytesIO hands its buffer out without a copy, so peak memory is about
-        # the file size, not twice it.
+        # A pre-sized BytesIO hands its buffer out without a copy, so peak memory is about the
+        # file size, not twice it. Only up to a bound: the size is what the worker claims (a
+        # sparse file says 8 GiB and holds nothing), so beyond it memory grows with what is read.
         buffer = io.BytesIO()
         if size:
-            buffer.seek(size - 1)
+            buffer.seek(min(size, _PRESIZE_LIMIT) - 1)
             buffer.write(b"\0")
             buffer.seek(0)
-        async for chunk in tap.tap(chunks):
-            buffer.write(chunk)
+        try:
+            async for chunk in tap.tap(chunks):
+                buffer.write(chunk)
+        finally:
+            await aclose_iterator(chunks)
         tap.check_complete(path)
         return buffer.getvalue()
 
@@ -489,7 +518,10 @@ class BaseHost(ABC):
         size, chunks = await self._read_file(path)
         tap = _CountTap(size, progress_cb)
         target = os.path.abspath(os.fspath(local_path))
-        await write_atomic(target, tap.tap(chunks), before_commit=lambda: tap.check_complete(path))
+        try:
+            await write_atomic(target, tap.tap(chunks), before_commit=lambda: tap.check_complete(path))
+        finally:
+            await aclose_iterator(chunks)
 
     async def glob(self, pattern: str) -> list[str]:
         """Sorted absolute paths matching ``pattern`` (absolute, or relative to the workdir).
@@ -555,6 +587,37 @@ class BaseHost(ABC):
                 yield line
         finally:
             await aclose_iterator(chunks)  # end the tail (its watch, its host process) now
+
+
+class ReleasingIterator(AsyncIterator[bytes]):
+    """Chunks from ``chunks``; ``aclose()`` also runs ``release`` (once), even if never iterated.
+
+    (An async generator closed before its first step never runs its ``finally``, so a
+    file opened for it would stay open.)
+    """
+
+    def __init__(self, chunks: AsyncIterator[bytes], release: Callable[[], Awaitable[None]]) -> None:
+        self._chunks = chunks
+        self._release: Callable[[], Awaitable[None]] | None = release
+
+    def __aiter__(self) -> ReleasingIterator:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._chunks.__anext__()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Stop reading and release the file (a remote reader process, a descriptor)."""
+        release, self._release = self._release, None
+        try:
+            await aclose_iterator(self._chunks)
+        finally:
+            if release is not None:
+                await asyncio.shield(release())
 
 
 class _CountTap(Sha256Tap):

@@ -16,7 +16,7 @@ from optio_host._localfs import write_atomic
 from optio_host._streams import CHUNK_SIZE, local_file_sha256
 from optio_host.archive import consume_workdir_archive, yield_workdir_archive
 from optio_host.host._watch import POLL_INTERVAL, FileWatch, watch_file
-from optio_host.host.base import BaseHost, Command
+from optio_host.host.base import BaseHost, Command, ReleasingIterator
 from optio_host.process import KILL_REAP_WAIT, TERMINATE_GRACE, ProcessHandle, owned_by
 from optio_host.quoting import validate_argv, validate_env, validate_env_remove, without_env
 
@@ -189,21 +189,21 @@ class LocalHost(BaseHost):
         await write_atomic(target, chunks, mode=mode, before_commit=before_commit)
 
     async def _read_file(self, path: str) -> tuple[int, AsyncIterator[bytes]]:
-        handle = open(path, "rb")  # noqa: SIM115 - closed by the generator below
-        info = os.fstat(handle.fileno())
-        if stat.S_ISDIR(info.st_mode):
-            handle.close()
-            raise IsADirectoryError(f"{path} is a directory")
+        fd = _open_regular(path)
+        return os.fstat(fd).st_size, _chunks_of(fd)
 
-        async def chunks() -> AsyncIterator[bytes]:
-            with handle:
-                while True:
-                    chunk = await asyncio.to_thread(handle.read, CHUNK_SIZE)
-                    if not chunk:
-                        return
-                    yield chunk
-
-        return info.st_size, chunks()
+    async def _open_checked(self, path: str, folder: str) -> tuple[int, AsyncIterator[bytes]]:
+        fd = _open_regular(path)
+        try:
+            # What was opened, not what the name leads to now: the link in /proc names the file.
+            real = _opened_path(fd, path)
+            if not real.startswith(folder.rstrip("/") + "/"):
+                raise PermissionError(f"{path} resolves to {real}, outside {folder}/; refused")
+            size = os.fstat(fd).st_size
+        except BaseException:
+            os.close(fd)
+            raise
+        return size, _chunks_of(fd)
 
     async def file_sha256(self, path: str) -> str | None:
         try:
@@ -294,6 +294,60 @@ class LocalHost(BaseHost):
             await asyncio.sleep(POLL_INTERVAL)
         else:
             await tail.watch.wait(_SAFETY_RECHECK if tail.watch.precise else POLL_INTERVAL)
+
+
+def _open_regular(path: str) -> int:
+    """A descriptor of the regular file ``path`` opens; FIFOs and devices are refused unread.
+
+    O_NONBLOCK: opening a FIFO must not wait for a writer (it would stall the event loop).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(f"{path} is a directory")
+        if not stat.S_ISREG(mode):
+            raise OSError(f"{path} is not a regular file (a FIFO, socket or device); refused")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _opened_path(fd: int, path: str) -> str:
+    """The real path of the file open at ``fd`` (``realpath`` of ``path`` where there is no /proc)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+
+
+def _chunks_of(fd: int) -> ReleasingIterator:
+    """The bytes at ``fd`` from its start, read in a thread; ``fd`` is closed at the end or aclose."""
+    closed = False
+
+    async def release() -> None:
+        nonlocal closed
+        if not closed:
+            closed = True
+            os.close(fd)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while True:
+            read = asyncio.ensure_future(asyncio.to_thread(os.read, fd, CHUNK_SIZE))
+            try:
+                chunk = await asyncio.shield(read)
+            except asyncio.CancelledError:
+                # The thread still reads from fd: closing it now could read a reused number.
+                await asyncio.wait([read])
+                raise
+            if not chunk:
+                await release()
+                return
+            yield chunk
+
+    return ReleasingIterator(chunks(), release)
 
 
 def _identity(path: str) -> tuple[int, int] | None:

@@ -27,7 +27,7 @@ from optio_host.archive import find_prune_expression, resolve_excludes, sanitize
 from optio_host.errors import HostConnectionError, HostNotConnected
 from optio_host.host import _scripts as scripts
 from optio_host.host._ssh import Link, SessionPool, describe, translate_errors
-from optio_host.host.base import BaseHost, Command
+from optio_host.host.base import BaseHost, Command, ReleasingIterator
 from optio_host.paths import temp_name_for
 from optio_host.process import KILL_REAP_WAIT, TERMINATE_GRACE, ProcessHandle, owned_by
 from optio_host.quoting import script_argv, validate_argv, validate_env, validate_env_remove
@@ -42,6 +42,8 @@ _T = TypeVar("_T")
 #: reading in smaller pieces lets a slow reader's backlog grow by a window per read (seen: 170 MB
 #: behind a 256 MiB archive). Draining the whole buffer each time keeps it to about two windows.
 _READ_SIZE = 8 * 1024 * 1024
+#: How long a checked open (``open_regular_file``) may take to say what it opened.
+OPEN_TIMEOUT = 60.0
 #: How long ``disconnect()`` lets a clean-up after a lost connection (kills, temp files) finish.
 CLEANUP_WAIT = 5.0
 
@@ -594,13 +596,35 @@ class RemoteHost(BaseHost):
             return None
 
     async def _read_file(self, path: str) -> tuple[int, AsyncIterator[bytes]]:
-        handle = await self.launch_subprocess(script_argv(scripts.GET, path), cwd="/", merge_stderr=False)
+        return await self._stream_file(path, script_argv(scripts.GET, path))
+
+    async def _open_checked(self, path: str, folder: str) -> tuple[int, AsyncIterator[bytes]]:
+        return await self._stream_file(
+            path, script_argv(scripts.GET_CHECKED, path, folder), folder=folder, timeout=OPEN_TIMEOUT
+        )
+
+    async def _stream_file(
+        self, path: str, argv: list[str], *, folder: str = "", timeout: float | None = None
+    ) -> tuple[int, AsyncIterator[bytes]]:
+        """Run a GET script: its first line is the size or a refusal, then the file's bytes."""
+        handle = await self.launch_subprocess(argv, cwd="/", merge_stderr=False)
         try:
-            header, rest = await _first_line(handle.stdout)
+            try:
+                async with asyncio.timeout(timeout):
+                    header, rest = await _first_line(handle.stdout)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"{path} on {describe(self.ssh_config)} did not open within {timeout:g}s "
+                    "(a FIFO swapped in after the check?); refused"
+                ) from None
             if header == "missing":
                 raise FileNotFoundError(2, f"no such file on {describe(self.ssh_config)}", path)
             if header == "directory":
                 raise IsADirectoryError(f"{path} is a directory")
+            if header == "special":
+                raise OSError(f"{path} is not a regular file (a FIFO, socket or device); refused")
+            if header.startswith("outside "):
+                raise PermissionError(f"{path} resolves to {header[8:]}, outside {folder}/; refused")
             if not header.isdigit():
                 errors = b"".join([piece async for piece in handle.stderr or _empty()])
                 raise OSError(f"cannot read {path} on the host: {errors.decode(errors='replace').strip()}")
@@ -609,17 +633,17 @@ class RemoteHost(BaseHost):
             raise
 
         async def chunks() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in rest:
-                    yield chunk
-                code = await handle.wait()
-                if code != 0:
-                    raise OSError(f"reading {path} on the host failed (exit {code})")
-            finally:
-                if handle.returncode is None:
-                    await asyncio.shield(self._kill_quietly(handle))
+            async for chunk in rest:
+                yield chunk
+            code = await handle.wait()
+            if code != 0:
+                raise OSError(f"reading {path} on the host failed (exit {code})")
 
-        return int(header), chunks()
+        async def release() -> None:
+            if handle.returncode is None:
+                await self._kill_quietly(handle)
+
+        return int(header), ReleasingIterator(chunks(), release)
 
     async def file_sha256(self, path: str) -> str | None:
         result = await self.run(script_argv(scripts.SHA256, path), cwd="/")

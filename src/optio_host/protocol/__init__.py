@@ -1,5 +1,6 @@
 """The log protocol: a worker writes STATUS/DELIVERABLE/DONE/ERROR lines, a session driver follows them."""
 
+from optio_host.protocol.deliverable import Deliverable
 from optio_host.protocol.parser import (
     DeliverableEvent,
     DoneEvent,
@@ -14,6 +15,7 @@ from optio_host.protocol.parser import (
 from optio_host.protocol.session import (
     DELIVERABLE_QUEUE_BOUND,
     DeliverableCallback,
+    DeliverableFileCallback,
     HookCallback,
     SessionFailed,
     fetch_deliverable_text,
@@ -22,7 +24,9 @@ from optio_host.protocol.session import (
 
 __all__ = [
     "DELIVERABLE_QUEUE_BOUND",
+    "Deliverable",
     "DeliverableCallback",
+    "DeliverableFileCallback",
     "DeliverableEvent",
     "DoneEvent",
     "ErrorEvent",

@@ -23,6 +23,7 @@ import contextlib
 import posixpath
 import shlex
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Final, TypeVar
 
 from optio_host._lines import LineSplitter, decode_line
@@ -30,6 +31,7 @@ from optio_host._streams import aclose_iterator
 from optio_host.context import HookContext
 from optio_host.errors import HostConnectionError, SessionFailed
 from optio_host.host.interface import Host
+from optio_host.protocol.deliverable import Deliverable, DeliverableHandler
 from optio_host.protocol.parser import (
     DELIVERABLES_DIR,
     LOG_NAME,
@@ -40,13 +42,12 @@ from optio_host.protocol.parser import (
     StatusEvent,
     UnknownLine,
     parse_log_line,
-    relativize_deliverable_path,
-    validate_deliverable_path,
 )
 
 __all__ = [
     "DELIVERABLE_QUEUE_BOUND",
     "DeliverableCallback",
+    "DeliverableFileCallback",
     "HookCallback",
     "SessionFailed",
     "_SessionFailed",
@@ -57,11 +58,27 @@ __all__ = [
 #: The name 0.1.x consumers catch; the same class as ``optio_host.errors.SessionFailed``.
 _SessionFailed = SessionFailed
 
+
+class WorkerReportedError(SessionFailed):
+    """The worker wrote an ``ERROR`` line; ``str()`` is its message (or ``agent reported ERROR``)."""
+
+
+class EndedWithoutDone(SessionFailed):
+    """The body returned, or the log's tail ended, before the worker wrote ``DONE``."""
+
+
 #: Deliverables waiting to be fetched; when full, reading the log pauses until one is handled.
 DELIVERABLE_QUEUE_BOUND: Final = 64
 
 #: ``on_deliverable(hook_ctx, relative_path, text)``.
 DeliverableCallback = Callable[[HookContext, str, str], Awaitable[None]]
+
+#: ``on_deliverable_file(hook_ctx, deliverable)``: the file itself, any bytes, any size.
+DeliverableFileCallback = Callable[[HookContext, Deliverable], Awaitable[None]]
+
+#: ``on_deliverable_skipped(path, message)``: ``path`` as the worker wrote it (or relative
+#: under ``deliverables/`` once announced), ``message`` the text reported as progress.
+SkipCallback = Callable[[str, str], None]
 
 #: ``before_execute(hook_ctx)`` / ``after_execute(hook_ctx)``.
 HookCallback = Callable[[HookContext], Awaitable[None]]
@@ -97,6 +114,8 @@ async def run_log_protocol_session(
     on_deliverable: DeliverableCallback | None = None,
     before_execute: HookCallback | None = None,
     after_execute: HookCallback | None = None,
+    on_deliverable_file: DeliverableFileCallback | None = None,
+    on_deliverable_skipped: SkipCallback | None = None,
     reconnect_timeout: float = RECONNECT_TIMEOUT,
 ) -> None:
     """Run ``body`` on ``host`` while following its ``optio.log``; see the module docstring.
@@ -110,20 +129,31 @@ async def run_log_protocol_session(
     own failure is raised only if the session had not failed already (else it
     is reported as progress and the first error kept).
 
-    Without ``on_deliverable`` deliverables are checked and reported but not fetched.
+    Deliverables go to ``on_deliverable(hook_ctx, relative_path, text)`` (UTF-8
+    text) or ``on_deliverable_file(hook_ctx, deliverable)`` (a ``Deliverable``:
+    any bytes, streamed); passing both is a ``ValueError``. With neither they
+    are announced but not fetched. ``on_deliverable_skipped(path, message)`` is
+    told of every deliverable that was not handed over, and why.
     The workdir is left in place and the body's processes are not killed.
 
-    A lost connection to a remote host does not end the session: the tail
-    resumes at the byte where it stopped (no line is dispatched twice or
-    skipped) and fetches are retried, for up to ``reconnect_timeout`` seconds
-    without a connection; past that the session fails with ``SessionFailed``.
-    For the worker itself to survive, start it with ``host.launch_detached``
-    and wait with its ``wait()``, which rides out reconnects too.
+    ``host`` may be any object with the 0.1.2 ``Host`` methods; richer ones
+    (``tail_bytes``, ``open_regular_file``, ``realpath``, ``file_size``) are
+    used when present. On such a host a lost connection does not end the
+    session: the tail resumes at the byte where it stopped (no line is
+    dispatched twice or skipped) and fetches are retried, for up to
+    ``reconnect_timeout`` seconds without a connection; past that the
+    session fails with ``SessionFailed``. For the worker itself to survive,
+    start it with ``host.launch_detached`` and wait with its ``wait()``.
     """
+    if on_deliverable is not None and on_deliverable_file is not None:
+        raise ValueError("pass on_deliverable (text) or on_deliverable_file (files), not both")
     hook_ctx = HookContext(ctx, host)
     failure: BaseException | None = None
     try:
-        session = _Session(host, ctx, hook_ctx, on_deliverable, reconnect_timeout)
+        handler = DeliverableHandler(
+            host, ctx, hook_ctx, on_deliverable, on_deliverable_file, on_deliverable_skipped
+        )
+        session = _Session(host, ctx, hook_ctx, handler, reconnect_timeout)
         await session.prepare()
         if before_execute is not None:
             await before_execute(hook_ctx)
@@ -138,7 +168,7 @@ async def run_log_protocol_session(
             except Exception as exc:
                 if failure is None:
                     raise
-                ctx.report_progress(None, f"after_execute failed: {exc}")
+                ctx.report_progress(None, f"after_execute callback raised: {exc!r}")
 
 
 class _Done:
@@ -154,24 +184,25 @@ class _Session:
         host: Host,
         ctx: Any,
         hook_ctx: HookContext,
-        on_deliverable: DeliverableCallback | None,
+        handler: DeliverableHandler,
         reconnect_timeout: float = RECONNECT_TIMEOUT,
     ) -> None:
         self._host = host
-        self._reconnect_timeout = reconnect_timeout
         self._ctx = ctx
         self._hook_ctx = hook_ctx
-        self._on_deliverable = on_deliverable
+        self._handler = handler
         self._workdir = host.workdir
         self._log_path = posixpath.join(self._workdir, LOG_NAME)
         self._deliverables = posixpath.join(self._workdir, DELIVERABLES_DIR)
-        self._real_deliverables = self._deliverables
+        self._links = _Reconnector(host, ctx, self._log_path, reconnect_timeout)
         self._queue: asyncio.Queue[tuple[str, str] | _Done] = asyncio.Queue(DELIVERABLE_QUEUE_BOUND)
+        self._bytes_tail = hasattr(host, "tail_bytes")  # else 0.1.2's tail_file (lines)
         self._splitter = LineSplitter()
         self._received = 0  # bytes read from the log, partial line included
         # Offset just past the last line fully dispatched: where a restarted tail resumes, so
         # every line is dispatched exactly once.
         self._dispatched = 0
+        self._lines = 0  # lines dispatched
         self._progress = asyncio.Event()  # set whenever the tail moved on
         self._dispatching = False  # the tail is handling a line (maybe waiting for queue room)
         self._done_seen = False
@@ -189,9 +220,14 @@ class _Session:
                 f"(exit code {made.exit_code}): {made.stderr.strip()}"
             )
         await self._host.write_text(LOG_NAME, "")
-        # Deliverables are judged by where they really are on the host, so the folder's own
-        # real path (the workdir may sit under a symlinked /tmp) is the reference.
-        self._real_deliverables = await self._host.realpath(self._deliverables)
+        # Deliverables are judged by where they really are on the host. The reference is the
+        # workdir's real path (it may sit under a symlinked /tmp) plus "deliverables": a
+        # deliverables/ the worker swaps for a link then leads nowhere it accepts.
+        folder = self._deliverables
+        if hasattr(self._host, "realpath"):
+            real_workdir = await self._host.realpath(self._workdir)
+            folder = posixpath.join(real_workdir, DELIVERABLES_DIR)
+        self._handler.folder = folder
 
     # ---------------------------------------------------------------- the session
 
@@ -243,13 +279,18 @@ class _Session:
         # dispatched, so restarting there could lose them.)
         while True:
             try:
-                await self._follow(self._dispatched)
+                if self._bytes_tail:
+                    await self._follow(self._dispatched)
+                else:
+                    await self._follow_lines()
             except HostConnectionError as exc:
-                await self._reconnect(exc, "following the log")
+                await self._links.reconnect(exc, "following the log")
                 continue
             break
         if not self._done_seen:
-            raise SessionFailed(f"the tail of {self._log_path} ended before the worker wrote DONE or ERROR")
+            raise EndedWithoutDone(
+                f"the tail of {self._log_path} ended before the worker wrote DONE or ERROR"
+            )
 
     async def _follow(self, offset: int) -> None:
         """Read the log from ``offset`` until ``DONE``; return early only if the tail ends."""
@@ -260,11 +301,7 @@ class _Session:
             async for chunk in chunks:
                 self._received += len(chunk)
                 for raw, end in self._splitter.feed(chunk):
-                    self._dispatching = True
-                    try:
-                        await self._dispatch(parse_log_line(decode_line(raw)))
-                    finally:
-                        self._dispatching = False
+                    await self._line(decode_line(raw))
                     self._dispatched = end
                     self._progress.set()
                     if self._done_seen:
@@ -273,11 +310,33 @@ class _Session:
         finally:
             await aclose_iterator(chunks)  # stop the host-side tail now
 
+    async def _follow_lines(self) -> None:
+        """``_follow`` for a host with only 0.1.2's ``tail_file`` (no resuming after a lost link)."""
+        lines = self._host.tail_file(self._log_path)
+        try:
+            async for line in lines:
+                await self._line(line)
+                self._progress.set()
+                if self._done_seen:
+                    return
+        finally:
+            await aclose_iterator(lines)
+
+    async def _line(self, text: str) -> None:
+        self._dispatching = True
+        try:
+            await self._dispatch(parse_log_line(text))
+        finally:
+            self._dispatching = False
+            self._lines += 1
+
     async def _dispatch(self, event: LogEvent) -> None:
         if isinstance(event, StatusEvent):
             self._ctx.report_progress(event.percent, event.message)
         elif isinstance(event, DeliverableEvent):
-            await self._deliverable(event.path)
+            item = self._handler.announce(event.path, self._workdir)
+            if item is not None and self._handler.fetches:
+                await self._queue.put(item)
         elif isinstance(event, DoneEvent):
             self._done_seen = True
             if event.summary:
@@ -285,36 +344,9 @@ class _Session:
             self._progress.set()
             await self._queue.put(_DONE)
         elif isinstance(event, ErrorEvent):
-            raise SessionFailed(event.message or "the worker reported ERROR in optio.log")
+            raise WorkerReportedError(event.message or "agent reported ERROR")
         elif isinstance(event, UnknownLine) and event.text:
             self._ctx.report_progress(None, event.text)
-
-    async def _deliverable(self, path: str) -> None:
-        try:
-            absolute = validate_deliverable_path(path, self._workdir)
-            relative = relativize_deliverable_path(absolute, self._workdir)
-        except ValueError as exc:
-            self._skip(path, str(exc))
-            return
-        try:
-            real = await self._retrying(
-                f"checking deliverable {path!r}", lambda: self._host.realpath(absolute)
-            )
-        except FileNotFoundError:
-            self._skip(path, "it does not exist on the host")
-            return
-        except OSError as exc:
-            self._skip(path, f"it cannot be resolved on the host: {exc}")
-            return
-        if not real.startswith(self._real_deliverables.rstrip("/") + "/"):
-            self._skip(path, f"it resolves to {real}, outside {self._real_deliverables}/ (a symlink?)")
-            return
-        self._ctx.report_progress(None, f"Deliverable: {relative}")
-        if self._on_deliverable is not None:
-            await self._queue.put((relative, real))
-
-    def _skip(self, path: str, reason: str) -> None:
-        self._ctx.report_progress(None, f"Deliverable {path!r}: {reason}; skipping it")
 
     # ---------------------------------------------------------------- the fetcher
 
@@ -325,28 +357,8 @@ class _Session:
                 self._finish()
                 return
             relative, path = item
-            await self._hand_over(relative, path)
-
-    async def _hand_over(self, relative: str, path: str) -> None:
-        try:
-            text = await self._retrying(
-                f"fetching deliverable {relative}", lambda: fetch_deliverable_text(self._host, path)
-            )
-        except UnicodeDecodeError:
-            self._ctx.report_progress(None, f"Deliverable {relative} is not UTF-8 text; skipping it")
-            return
-        except FileNotFoundError:
-            self._ctx.report_progress(None, f"Deliverable {relative} disappeared before it was fetched")
-            return
-        except OSError as exc:
-            self._ctx.report_progress(None, f"Deliverable {relative} could not be fetched: {exc}")
-            return
-        if self._on_deliverable is None:
-            return
-        try:
-            await self._on_deliverable(self._hook_ctx, relative, text)
-        except Exception as exc:
-            self._ctx.report_progress(None, f"Deliverable {relative}: on_deliverable failed: {exc!r}")
+            what = f"fetching deliverable {relative}"
+            await self._handler.hand_over(relative, path, partial(self._links.retrying, what))
 
     # ---------------------------------------------------------------- the body
 
@@ -356,35 +368,53 @@ class _Session:
             return
         # The worker may have written DONE just before the body returned: judge only after the
         # tail has read everything the log holds now.
-        caught_up = await self._catch_up()
-        if not self._done_seen and caught_up and self._splitter.pending:
+        rest = await self._catch_up()
+        if not self._done_seen and rest:
             # A last line without its newline (``printf DONE``): the body is over, so the line is
             # complete. The tail is idle here (everything before it was dispatched).
-            for raw, end in self._splitter.feed(b"\n"):
-                await self._dispatch(parse_log_line(decode_line(raw)))
-                self._dispatched = end
+            await self._dispatch(parse_log_line(decode_line(rest)))
         if self._done_seen:
             return
-        raise SessionFailed(
-            f"the session body returned before the worker wrote DONE (or ERROR) to {self._log_path}"
+        raise EndedWithoutDone(
+            f"body returned before DONE was observed: the worker did not write DONE (or ERROR) "
+            f"to {self._log_path}"
         )
 
-    async def _catch_up(self) -> bool:
+    async def _catch_up(self) -> bytes:
         """Wait until the tail has read and dispatched the whole log as it is now.
 
-        True when it has. False when the log is gone, or when the tail sat idle
-        for ``CATCH_UP_TIMEOUT`` without reaching the end. Time the tail spends
-        dispatching (say, waiting for room in a full deliverable queue behind a
-        slow ``on_deliverable``) does not count: that is progress, not a stall.
+        Returns a last line that has no newline yet (``b""`` if none, or when the
+        tail did not catch up). Gives up when the log is gone, or when the tail
+        sat idle for ``CATCH_UP_TIMEOUT`` without reaching the end. Time the tail
+        spends dispatching (say, waiting for room in a full deliverable queue
+        behind a slow callback) does not count: that is progress, not a stall.
         """
-        size = await self._retrying("checking the log", lambda: self._host.file_size(self._log_path))
-        if size is None:
-            return False
+        if self._bytes_tail and hasattr(self._host, "file_size"):
+            size = await self._links.retrying(
+                "checking the log", lambda: self._host.file_size(self._log_path)
+            )
+            if size is None or not await self._wait_for(
+                lambda: self._received >= size and self._dispatched == self._splitter.offset
+            ):
+                return b""
+            if not self._splitter.pending:
+                return b""
+            return self._splitter.feed(b"\n")[0][0]
+        try:
+            log = await self._host.fetch_bytes_from_host(self._log_path)
+        except FileNotFoundError:
+            return b""
+        complete = log.count(b"\n")
+        if not await self._wait_for(lambda: self._lines >= complete):
+            return b""
+        return log[log.rfind(b"\n") + 1 :]
+
+    async def _wait_for(self, caught_up: Callable[[], bool]) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CATCH_UP_TIMEOUT
         while not self._done_seen:
             self._progress.clear()
-            if self._received >= size and self._dispatched == self._splitter.offset:
+            if caught_up():
                 return True
             if self._dispatching:
                 deadline = loop.time() + CATCH_UP_TIMEOUT
@@ -396,17 +426,38 @@ class _Session:
                     await self._progress.wait()
         return True
 
-    # ---------------------------------------------------------------- lost connections
+    # ---------------------------------------------------------------- cancellation
 
-    async def _retrying(self, what: str, operation: Callable[[], Awaitable[_T]]) -> _T:
+    async def _watch(self) -> None:
+        flag = getattr(self._ctx, "cancellation_flag", None)
+        while self._ctx.should_continue():
+            if isinstance(flag, asyncio.Event):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CANCEL_POLL_INTERVAL):
+                        await flag.wait()
+            else:
+                await asyncio.sleep(CANCEL_POLL_INTERVAL)
+        self._finish()
+
+
+class _Reconnector:
+    """Rides out a lost connection: waits until the host answers again, within a time budget."""
+
+    def __init__(self, host: Host, ctx: Any, log_path: str, reconnect_timeout: float) -> None:
+        self._host = host
+        self._ctx = ctx
+        self._log_path = log_path
+        self._reconnect_timeout = reconnect_timeout
+
+    async def retrying(self, what: str, operation: Callable[[], Awaitable[_T]]) -> _T:
         """``operation()``, run again after reconnecting whenever the connection was lost."""
         while True:
             try:
                 return await operation()
             except HostConnectionError as exc:
-                await self._reconnect(exc, what)
+                await self.reconnect(exc, what)
 
-    async def _reconnect(self, cause: HostConnectionError, what: str) -> None:
+    async def reconnect(self, cause: HostConnectionError, what: str) -> None:
         """Return once the host answers again; ``SessionFailed`` after ``reconnect_timeout``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._reconnect_timeout
@@ -416,7 +467,7 @@ class _Session:
                 # Any operation reconnects; this one is cheap and tells us the host answers. It
                 # may not outlast the budget (one reconnect cycle can take 4 connect timeouts).
                 async with asyncio.timeout_at(deadline):
-                    await self._host.file_size(self._log_path)
+                    await self._probe()
             except (HostConnectionError, TimeoutError) as exc:
                 if isinstance(exc, HostConnectionError):
                     cause = exc
@@ -431,18 +482,11 @@ class _Session:
             self._ctx.report_progress(None, "Reconnected to the host")
             return
 
-    # ---------------------------------------------------------------- cancellation
-
-    async def _watch(self) -> None:
-        flag = getattr(self._ctx, "cancellation_flag", None)
-        while self._ctx.should_continue():
-            if isinstance(flag, asyncio.Event):
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(CANCEL_POLL_INTERVAL):
-                        await flag.wait()
-            else:
-                await asyncio.sleep(CANCEL_POLL_INTERVAL)
-        self._finish()
+    async def _probe(self) -> None:
+        if hasattr(self._host, "file_size"):
+            await self._host.file_size(self._log_path)
+        else:
+            await self._host.run_command(":")
 
 
 async def _wait_uncancellable(tasks: list[asyncio.Task[None]]) -> None:
