@@ -24,14 +24,23 @@ __all__ = [
 # $4 merge flag, then the command. It runs in /bin/sh: sent as `exec /bin/sh -c WRAPPER ...`, or,
 # once the header has told us the login shell *is* /bin/sh, sent to it directly (one exec fewer,
 # which is most of the cost of a short command). String commands are eval'd by that same /bin/sh,
-# which is what `/bin/sh -c` would do, without starting another shell.
+# which is what `/bin/sh -c` would do, without starting another shell. A command that cannot start
+# is reported as `OPTIO:<code>` (codes: optio_host.errors.NOT_STARTED) instead of the pid line.
 WRAPPER = r"""_optio_nl='
 '
 if [ "$1" = 1 ]; then IFS= read -r _optio_env || exit 125; eval "$_optio_env"; unset _optio_env; fi
-cd -- "$2" 2>/dev/null || { printf 'OPTIO:ECWD\n'; exit 126; }
+cd -- "$2" 2>/dev/null || {
+  if [ ! -e "$2" ]; then printf 'OPTIO:ECWD\n'
+  elif [ ! -d "$2" ]; then printf 'OPTIO:ECWDNOTDIR\n'
+  else printf 'OPTIO:ECWDACCES\n'; fi
+  exit 126; }
 _optio_mode=$3; _optio_merge=$4; shift 4
-if [ "$_optio_mode" = argv ] && ! command -v -- "$1" >/dev/null 2>&1; then
-  printf 'OPTIO:ENOENT\n'; exit 127
+if [ "$_optio_mode" = argv ]; then
+  case $1 in
+    */*) if [ ! -e "$1" ]; then printf 'OPTIO:ENOENT\n'; exit 127; fi
+         if [ -d "$1" ] || [ ! -x "$1" ]; then printf 'OPTIO:EACCES\n'; exit 126; fi ;;
+    *) command -v -- "$1" >/dev/null 2>&1 || { printf 'OPTIO:ENOENT\n'; exit 127; } ;;
+  esac
 fi
 _optio_sh=0
 case "${SHELL##*/}" in sh|dash) if [ "$SHELL" -ef /bin/sh ]; then _optio_sh=1; fi ;; esac

@@ -24,7 +24,13 @@ from typing import Any, TypeVar
 import asyncssh
 
 from optio_host.archive import find_prune_expression, resolve_excludes, sanitize_archive
-from optio_host.errors import HostConnectionError, HostNotConnected
+from optio_host.errors import (
+    NOT_STARTED,
+    WORKDIR_SETUP_HINT,
+    HostConnectionError,
+    HostNotConnected,
+    command_not_started,
+)
 from optio_host.host import _scripts as scripts
 from optio_host.host._ssh import Link, SessionPool, describe, translate_errors
 from optio_host.host.base import BaseHost, Command
@@ -66,13 +72,9 @@ class _RemoteStdin:
         self._writer.write(bytes(data))
 
     async def drain(self) -> None:
-        try:
+        # BrokenPipeError (the command closed its stdin) stays as it is: callers tell it apart.
+        with translate_errors(self._config, "sending input", keep=(BrokenPipeError,)):
             await self._writer.drain()
-        except (asyncssh.ConnectionLost, asyncssh.DisconnectError) as exc:
-            # BrokenPipeError (the command closed its stdin) stays as it is: callers tell it apart.
-            raise HostConnectionError(
-                f"lost the connection to {describe(self._config)} while sending input"
-            ) from exc
 
     def close(self) -> None:
         if not self._eof:
@@ -95,10 +97,8 @@ class _RemoteProcessHandle(ProcessHandle):
     """A ``ProcessHandle`` whose ``wait()`` reports a lost connection as ``HostConnectionError``."""
 
     async def wait(self) -> int:
-        try:
+        with translate_errors(None, "waiting for a command"):
             await self.pid_like.wait_closed()
-        except (asyncssh.Error, OSError) as exc:
-            raise HostConnectionError(f"lost the connection while waiting: {exc}") from exc
         code = self.returncode
         if code is None:
             raise HostConnectionError(
@@ -316,10 +316,10 @@ class RemoteHost(BaseHost):
                 )
             buffer += chunk
         status = buffer[start + 6 : end].decode(errors="replace")
-        if status == "ECWD":
-            raise FileNotFoundError(f"working directory does not exist on the host: {directory}")
-        if status == "ENOENT":
-            raise FileNotFoundError(f"program not found on the host: {program}")
+        if status in NOT_STARTED:
+            path = program if status in ("ENOENT", "EACCES") else directory
+            hint = WORKDIR_SETUP_HINT if status == "ECWD" and directory == self.workdir else ""
+            raise command_not_started(status, path, describe(self.ssh_config), hint=hint)
         pid, _, shell_is_sh = status.partition(":")
         self._groups[process] = int(pid)
         self._process_links[process] = (link, time.monotonic())
