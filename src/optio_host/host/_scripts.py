@@ -12,6 +12,7 @@ __all__ = [
     "ARCHIVE",
     "GET",
     "KILL_GROUP",
+    "PRIVATE_DIRS",
     "PUT",
     "RESTORE_COMMIT",
     "SHA256",
@@ -116,4 +117,26 @@ fi
 RESTORE_COMMIT = r"""find "$2" -mindepth 1 -maxdepth 1 -exec rm -rf -- {} + &&
 find "$1" -mindepth 1 -maxdepth 1 -exec mv -- {} "$2"/ \; &&
 rmdir -- "$1"
+"""
+
+# Make taskdir $1 and workdir $2 (mode 0700) and check, after creating them, that no other user
+# could swap them: neither is a link and both are ours; every folder above $1 (as found, and where
+# a link there leads) belongs to us or root, and is writable by others only with the sticky bit
+# (like /tmp). A refusal prints `OPTIO:<what>:<path>` (ELINK, EOWNER, EMODE) and exits 3.
+PRIVATE_DIRS = r"""umask 077
+mkdir -p -- "$2" || exit 1
+me=$(id -u)
+for d in "$1" "$2"; do
+  if [ -L "$d" ]; then printf 'OPTIO:ELINK:%s\n' "$d"; exit 3; fi
+  [ "$(stat -c %u -- "$d")" = "$me" ] || { printf 'OPTIO:EOWNER:%s\n' "$d"; exit 3; }
+done
+d=$1
+while [ "$d" != / ]; do
+  d=${d%/*}; [ -n "$d" ] || d=/
+  for o in "$(stat -c %u -- "$d")" "$(stat -L -c %u -- "$d")"; do
+    [ "$o" = 0 ] || [ "$o" = "$me" ] || { printf 'OPTIO:EOWNER:%s\n' "$d"; exit 3; }
+  done
+  m=$(stat -L -c %a -- "$d") || exit 1
+  if [ $((0$m & 022)) -ne 0 ] && [ $((0$m & 01000)) -eq 0 ]; then printf 'OPTIO:EMODE:%s\n' "$d"; exit 3; fi
+done
 """

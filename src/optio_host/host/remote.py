@@ -29,6 +29,7 @@ from optio_host.errors import (
     WORKDIR_SETUP_HINT,
     HostConnectionError,
     HostNotConnected,
+    UnsafeTaskdir,
     command_not_started,
 )
 from optio_host.host import _scripts as scripts
@@ -50,6 +51,12 @@ KILL_REAP_WAIT = 2.0
 #: reading in smaller pieces lets a slow reader's backlog grow by a window per read (seen: 170 MB
 #: behind a 256 MiB archive). Draining the whole buffer each time keeps it to about two windows.
 _READ_SIZE = 8 * 1024 * 1024
+#: Why ``PRIVATE_DIRS`` refused a folder (its ``OPTIO:<code>:<path>`` line).
+_UNSAFE = {
+    "ELINK": "is a symbolic link",
+    "EOWNER": "belongs to another user",
+    "EMODE": "is writable by other users and lacks the sticky bit",
+}
 #: How long ``disconnect()`` lets a clean-up after a lost connection (kills, temp files) finish.
 CLEANUP_WAIT = 5.0
 
@@ -198,8 +205,25 @@ class RemoteHost(BaseHost):
         return result.stdout
 
     async def setup_workdir(self) -> None:
-        """Create taskdir and workdir (mode 0700) if missing; never deletes anything."""
-        await self._sh('umask 077 && mkdir -p -- "$1"', self.workdir)
+        """Create taskdir and workdir (mode 0700) if missing; never deletes anything.
+
+        On a shared host (``/tmp/<consumer>/<id>``) another user may have made the folder
+        first: a taskdir or workdir that is a link or not ours, or a folder above it that
+        another user could swap, raises ``UnsafeTaskdir``.
+        """
+        result = await self.run(script_argv(scripts.PRIVATE_DIRS, self.taskdir, self.workdir), cwd="/")
+        if result.exit_code == 0:
+            return
+        what, _, path = result.stdout.strip().removeprefix("OPTIO:").partition(":")
+        where = describe(self.ssh_config)
+        if result.exit_code == 3 and what in _UNSAFE:
+            raise UnsafeTaskdir(
+                f"refusing taskdir {self.taskdir} on {where}: {path} {_UNSAFE[what]}, so another user "
+                "could replace it. Remove it, or use a taskdir in a folder of your own (for "
+                "task_dir(): set <CONSUMER>_REMOTE_TASK_ROOT).",
+                path,
+            )
+        raise OSError(f"cannot create {self.workdir} on {where}: {(result.stderr or result.stdout).strip()}")
 
     async def cleanup_taskdir(self, aggressive: bool = False) -> None:
         """Remove the whole taskdir (``aggressive``: also read-only parts, ignoring errors)."""
