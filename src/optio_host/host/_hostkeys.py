@@ -65,9 +65,14 @@ class HostKeyCheck:
     def _lookup(self, host: str, addr: str, port: int | None) -> _KeyLists:
         if self._known is None:
             return [], [], []
-        trusted, cas, revoked = (list(items) for items in self._known.match(host, addr, port)[:3])
-        if port:  # asyncssh drops the port-specific @revoked lines when it falls back to the bare host
-            revoked += [key for key in self._known.match(host, addr, None)[2] if key not in revoked]
+        known = self._known
+        trusted, cas, revoked = (list(items) for items in known.match(host, addr, port)[:3])
+        if port:
+            # asyncssh's lookup falls back to the bare host when the [host]:port lines trust
+            # nothing, and then drops their @revoked keys: look those up on their own.
+            for name in {host, addr} - {""}:
+                revoked += known.match(f"[{name}]:{port}", "", None)[2]
+            revoked += known.match(host, addr, None)[2]
         return trusted, cas, revoked
 
     def match(self, host: str, addr: str, port: int | None) -> _KeyLists:

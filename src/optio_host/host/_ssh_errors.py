@@ -193,10 +193,6 @@ def connect_error(
 
 def _key_problem(path: str, data: bytes) -> tuple[str, str]:
     """Why ``data`` (read from ``path``) is not a usable private key: ``(problem, advice)``."""
-    with contextlib.suppress(Exception):
-        asyncssh.import_public_key(data)
-        private = path[:-4] if path.endswith(".pub") else "the file without .pub"
-        return "public-key", f"it is a public key; give the private key ({private})"
     try:
         asyncssh.import_private_key(data, passphrase="\0optio-host-probe")
     except asyncssh.KeyEncryptionError:
@@ -206,6 +202,10 @@ def _key_problem(path: str, data: bytes) -> tuple[str, str]:
         )
     except Exception:
         pass
+    with contextlib.suppress(Exception):
+        asyncssh.import_public_key(data)  # (an OpenSSH private key also holds its public half)
+        private = path[:-4] if path.endswith(".pub") else "the file without .pub"
+        return "public-key", f"it is a public key; give the private key ({private})"
     return "invalid", "it is not a private key asyncssh can read (OpenSSH, PEM or PKCS#8)"
 
 
