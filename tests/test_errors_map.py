@@ -17,17 +17,23 @@ import asyncssh
 import pytest
 
 import optio_host.errors as errors
-from optio_host import make_host
+from optio_host import LocalHost, RemoteHost, make_host
 from optio_host.errors import (
     AuthenticationFailed,
     ChannelRefused,
     CommandTimeout,
+    CwdNotAccessible,
+    CwdNotADirectory,
+    CwdNotFound,
     HostCommandError,
     HostConnectionError,
     HostKeyError,
     KeyFileError,
+    ProgramNotExecutable,
+    ProgramNotFound,
 )
 from optio_host.host._ssh_errors import load_client_keys, map_error, translate_errors
+from optio_host.host.interface import Host
 from optio_host.testing.sshd import SshServer
 from optio_host.types import SSHConfig
 
@@ -212,3 +218,66 @@ def test_cli_reports_a_public_key_with_its_file(optio_sshd: SshServer) -> None:
     assert result.returncode == 255
     assert key in result.stderr and "public key" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ commands that cannot start
+
+
+async def test_missing_program_and_one_that_cannot_run_are_told_apart(host: Host) -> None:
+    with pytest.raises(ProgramNotFound) as missing:
+        await host.run(["no-such-program-optio"])
+    assert isinstance(missing.value, FileNotFoundError) and missing.value.path == "no-such-program-optio"
+    with pytest.raises(ProgramNotFound):
+        await host.run([host.workdir + "/absent-tool"])
+    await host.write_text("tool.sh", "echo hi\n")  # written without the execute bit
+    for program in (host.workdir + "/tool.sh", host.workdir):
+        with pytest.raises(ProgramNotExecutable) as denied:
+            await host.run([program])
+        assert isinstance(denied.value, PermissionError) and denied.value.path == program
+        assert "cannot be run" in str(denied.value) and program in str(denied.value)
+
+
+async def test_missing_cwd_and_a_file_as_cwd(host: Host) -> None:
+    with pytest.raises(CwdNotFound) as missing:
+        await host.run(["true"], cwd="no-such-dir")
+    assert (
+        isinstance(missing.value, FileNotFoundError) and missing.value.path == host.workdir + "/no-such-dir"
+    )
+    assert "setup_workdir" not in str(missing.value)
+    await host.write_text("plain.txt", "x")
+    with pytest.raises(CwdNotADirectory) as not_dir:
+        await host.run(["true"], cwd="plain.txt")
+    assert isinstance(not_dir.value, NotADirectoryError) and "plain.txt" in str(not_dir.value)
+
+
+async def test_a_cwd_that_cannot_be_entered_is_not_command_not_found(host: Host, tmp_path: Path) -> None:
+    locked = host.workdir + "/locked"
+    os.mkdir(locked, 0o700)
+    if isinstance(host, LocalHost):
+        if os.geteuid() == 0:
+            pytest.skip("root enters every folder; the remote variant covers this case")
+        os.chmod(locked, 0o000)
+    # On the remote host (another account when run as root) a root-owned 0700 folder is closed.
+    elif os.geteuid() != 0:
+        os.chmod(locked, 0o000)
+    try:
+        with pytest.raises(CwdNotAccessible) as caught:
+            await host.run(["true"], cwd="locked")
+        assert isinstance(caught.value, PermissionError) and caught.value.path == locked
+        assert "cannot be entered" in str(caught.value)
+    finally:
+        os.chmod(locked, 0o700)
+
+
+@pytest.mark.parametrize("kind", ["local", "remote"])
+async def test_run_before_setup_workdir_says_to_call_it(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if kind == "local":
+        made: Host = LocalHost(str(tmp_path / "never-set-up"))
+    else:
+        server: SshServer = request.getfixturevalue("optio_sshd")
+        made = RemoteHost(server.ssh_config(), f"{server.scratch}/never-set-up-{os.getpid()}")
+    async with made:
+        with pytest.raises(CwdNotFound, match=r"setup_workdir\(\)"):
+            await made.run(["true"])

@@ -47,6 +47,7 @@ for SIGKILL); the CLI turns a timeout into exit code 124, like ``timeout(1)``.
 
 from __future__ import annotations
 
+import errno
 import shlex
 from collections.abc import Sequence
 
@@ -245,30 +246,46 @@ class CommandNotStarted(OSError):
     FileNotFoundError`` and ``except PermissionError`` keep working.
     """
 
+    code = errno.EIO
+
     def __init__(self, message: str, path: str) -> None:
         super().__init__(message)
         self.path = path
         self.filename = path
+        self.errno = self.code
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class ProgramNotFound(CommandNotStarted, FileNotFoundError):
     """The program does not exist on the host (not on ``PATH``, or no such file)."""
 
+    code = errno.ENOENT
+
 
 class ProgramNotExecutable(CommandNotStarted, PermissionError):
     """The program exists but cannot be run (not executable, a folder...): exit 126 in a shell."""
+
+    code = errno.EACCES
 
 
 class CwdNotFound(CommandNotStarted, FileNotFoundError):
     """The working directory does not exist."""
 
+    code = errno.ENOENT
+
 
 class CwdNotADirectory(CommandNotStarted, NotADirectoryError):
     """The working directory is not a folder."""
 
+    code = errno.ENOTDIR
+
 
 class CwdNotAccessible(CommandNotStarted, PermissionError):
     """The working directory exists but cannot be entered (no search permission)."""
+
+    code = errno.EACCES
 
 
 #: Why a command did not start, by the code the remote wrapper prints (``OPTIO:<code>``) and
@@ -302,3 +319,7 @@ class UnsafeTaskdir(PermissionError):
         super().__init__(message)
         self.path = path
         self.filename = path
+        self.errno = errno.EPERM
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -516,13 +516,12 @@ class RemoteHost(BaseHost):
         reader = asyncio.ensure_future(collect())
         try:
             stdin = _stdin_of(handle)
-            try:
-                await feed(stdin)
-            finally:
-                stdin.close()
-            await reader
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise HostConnectionError(f"lost the connection to {describe(self.ssh_config)}") from exc
+            with translate_errors(self.ssh_config, "sending data"):
+                try:
+                    await feed(stdin)
+                finally:
+                    stdin.close()
+                await reader
         finally:
             reader.cancel()
         return await handle.wait(), output.decode(errors="replace").strip()
