@@ -116,7 +116,8 @@ class CommandTimeout(HostCommandError, TimeoutError):
     """A command ran past its ``timeout``; its whole process tree was killed.
 
     ``stdout``/``stderr`` hold the output produced before the kill and
-    ``exit_code`` is the status the killed process reported.
+    ``exit_code`` is the status the killed process reported (``-9``: SIGKILL). The
+    CLI does not pass that on: ``optio-host run --timeout`` exits 124, as ``timeout(1)`` does.
     """
 
     def __init__(

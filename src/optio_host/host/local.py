@@ -51,11 +51,11 @@ async def _read_chunks(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _not_started(exc: OSError, program: str, directory: str, workdir: str) -> CommandNotStarted:
+def _not_started(exc: OSError, program: str, directory: str, *, is_workdir: bool) -> CommandNotStarted:
     """The launch failure ``exc`` as the same exception a RemoteHost raises."""
     if exc.filename == directory and program != directory:  # the child's chdir failed
         code = {errno.ENOENT: "ECWD", errno.ENOTDIR: "ECWDNOTDIR"}.get(exc.errno or 0, "ECWDACCES")
-        hint = WORKDIR_SETUP_HINT if code == "ECWD" and directory == workdir else ""
+        hint = WORKDIR_SETUP_HINT if code == "ECWD" and is_workdir else ""
         return command_not_started(code, directory, "this machine", hint=hint)
     code = "EACCES" if isinstance(exc, PermissionError) else "ENOENT"
     return command_not_started(code, program, "this machine")
@@ -144,7 +144,7 @@ class LocalHost(BaseHost):
                 start_new_session=True,  # own process group: terminate ends the whole tree
             )
         except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-            raise _not_started(exc, argv[0], directory, self.workdir) from None
+            raise _not_started(exc, argv[0], directory, is_workdir=cwd is None) from None
         if process.stdout is None:  # pragma: no cover - stdout=PIPE guarantees it
             raise RuntimeError("subprocess started without a stdout pipe")
         return ProcessHandle(

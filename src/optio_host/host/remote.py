@@ -342,7 +342,11 @@ class RemoteHost(BaseHost):
         status = buffer[start + 6 : end].decode(errors="replace")
         if status in NOT_STARTED:
             path = program if status in ("ENOENT", "EACCES") else directory
-            hint = WORKDIR_SETUP_HINT if status == "ECWD" and directory == self.workdir else ""
+            hint = (
+                WORKDIR_SETUP_HINT
+                if status == "ECWD" and self._taskdir is not None and directory == self.workdir
+                else ""
+            )
             raise command_not_started(status, path, describe(self.ssh_config), hint=hint)
         pid, _, shell_is_sh = status.partition(":")
         self._groups[process] = int(pid)
