@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 import uuid
 
 import pytest
@@ -292,6 +293,44 @@ async def test_alias_errors_name_the_resolved_host_and_port(
     assert f"box ({optio_sshd.host} port {optio_sshd.port})" in message
     assert f"ssh-keyscan -p {optio_sshd.port} {optio_sshd.host}" in message
     assert caught.value.port == optio_sshd.port and "port 22" not in message
+
+
+def test_cli_names_where_an_alias_leads(
+    optio_sshd: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = _home_with_alias("box", optio_sshd, tmp_path, monkeypatch)
+    empty = os.path.join(home, "empty_known_hosts")
+    env = {name: value for name, value in os.environ.items() if not name.startswith("OPTIO_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "optio_host", "run", "--ssh", "box", "--known-hosts", empty, "--", "true"],
+        capture_output=True,
+        text=True,
+        env={**env, "HOME": home},
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert result.returncode == 255
+    assert f"box ({optio_sshd.host} port {optio_sshd.port})" in result.stderr
+    assert (
+        f"ssh-keyscan -p {optio_sshd.port} {optio_sshd.host}" in result.stderr
+        and "--accept-new" in result.stderr
+    )
+
+
+async def test_an_unreachable_alias_names_its_real_address(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, not listening: refused
+        home = str(tmp_path)
+        os.makedirs(os.path.join(home, ".ssh"))
+        with open(os.path.join(home, ".ssh", "config"), "w") as handle:
+            handle.write(f"Host gone\n  HostName 127.0.0.1\n  Port {port}\n  User nobody\n")
+        monkeypatch.setenv("HOME", home)
+        with pytest.raises(HostConnectionError, match=rf"gone \(127\.0\.0\.1:{port}\)"):
+            await _whoami(SSHConfig(host="gone", host_key_policy="off", connect_timeout=5))
 
 
 @pytest.mark.parametrize(
