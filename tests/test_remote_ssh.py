@@ -20,6 +20,7 @@ from optio_host import (
     HostKeyRevoked,
     HostKeyUnknown,
     HostNotConnected,
+    KeyFileError,
     RemoteHost,
     SSHConfig,
     UnsafeTaskdir,
@@ -316,6 +317,19 @@ def test_cli_names_where_an_alias_leads(
         f"ssh-keyscan -p {optio_sshd.port} {optio_sshd.host}" in result.stderr
         and "--accept-new" in result.stderr
     )
+
+
+async def test_a_bad_identity_file_in_the_config_is_a_key_file_error(
+    optio_sshd: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = _home_with_alias("box", optio_sshd, tmp_path, monkeypatch)
+    config_path = os.path.join(home, ".ssh", "config")
+    with open(config_path) as handle:
+        text = handle.read().replace(optio_sshd.key_path, optio_sshd.key_path + ".pub")
+    with open(config_path, "w") as handle:
+        handle.write(text)
+    with pytest.raises(KeyFileError, match="IdentityFile"):
+        await _whoami(SSHConfig(host="box", known_hosts=optio_sshd.known_hosts))
 
 
 async def test_an_unreachable_alias_names_its_real_address(

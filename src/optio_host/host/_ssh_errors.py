@@ -127,7 +127,10 @@ def map_error(exc: BaseException, where: str, what: str) -> BaseException:
         return AuthenticationFailed(f"{where} refused authentication: {_reason(exc)}")
     if isinstance(exc, (asyncssh.KeyImportError, asyncssh.KeyEncryptionError)):
         return KeyFileError(
-            f"a key could not be used for {where}: {_reason(exc)}", path=None, problem="invalid"
+            f"a private key for {where} cannot be used ({_reason(exc)}): check the IdentityFile "
+            "lines of ~/.ssh/config, or give a key file with -i / SSHConfig.key_path",
+            path=None,
+            problem="invalid",
         )
     if isinstance(exc, asyncssh.ConfigParseError):
         return HostConnectionError(f"~/.ssh/config could not be read for {where}: {_reason(exc)}")
@@ -181,12 +184,12 @@ def connect_error(
         return HostConnectionError(f"could not connect to {where} within {timeout:g}s")
     if isinstance(exc, (asyncssh.ConnectionLost, ConnectionResetError)):
         return HandshakeDropped(_reason(exc))
+    if isinstance(exc, HostConnectionError):
+        return exc  # already ours
     mapped = map_error(exc, where, "the handshake")
     if mapped is exc and isinstance(exc, OSError):  # refused, unreachable, unknown name...
         return HostConnectionError(f"could not connect to {where}: {exc.strerror or exc}")
-    if isinstance(mapped, HostConnectionError) and not isinstance(
-        mapped, (HostKeyError, AuthenticationFailed)
-    ):
+    if type(mapped) is HostConnectionError:  # the plain kind: say that connecting failed, and why
         return HostConnectionError(f"could not connect to {where}: {_reason(exc)}")
     return mapped
 
