@@ -6,18 +6,27 @@ import asyncio
 import logging
 import os
 import socket
+import subprocess
+import sys
+import uuid
 
 import pytest
 
 from optio_host import (
     AuthenticationFailed,
     HostConnectionError,
+    HostKeyChanged,
     HostKeyError,
+    HostKeyRevoked,
+    HostKeyUnknown,
     HostNotConnected,
+    KeyFileError,
     RemoteHost,
     SSHConfig,
+    UnsafeTaskdir,
     make_host,
 )
+from optio_host.paths import task_dir
 from optio_host.testing.sshd import SshServer
 
 pytestmark = pytest.mark.timeout(90)
@@ -79,8 +88,97 @@ async def test_accept_new_records_then_refuses_a_changed_key(server: SshServer, 
     with pytest.raises(HostKeyError) as caught:
         await _whoami(config)
     assert "CHANGED" in str(caught.value) and "ssh-keygen -R" in str(caught.value)
+    assert isinstance(caught.value, HostKeyChanged) and caught.value.reason == "changed"
     with open(known) as handle:
         assert handle.read() == recorded  # the changed key was not recorded
+
+
+def _key_line(server: SshServer, marker: str = "", pattern: str | None = None, key: str | None = None) -> str:
+    kind, data = (key or server.host_public_key()).split()[:2]
+    where = pattern or f"[{server.host}]:{server.port}"
+    return f"{marker + ' ' if marker else ''}{where} {kind} {data}\n"
+
+
+@pytest.mark.parametrize("policy", ["strict", "accept-new", "off"])
+@pytest.mark.parametrize("pattern", ["exact", "wildcard"])
+async def test_a_revoked_key_is_refused_in_every_policy(
+    server: SshServer, tmp_path: object, policy: str, pattern: str
+) -> None:
+    known = os.path.join(str(tmp_path), "known_hosts")
+    content = _key_line(server, "@revoked", "*" if pattern == "wildcard" else None)
+    with open(known, "w") as handle:
+        handle.write(content)
+    with pytest.raises(HostKeyRevoked) as caught:
+        await _whoami(server.ssh_config(host_key_policy=policy, known_hosts=known))
+    assert "REVOKED" in str(caught.value) and caught.value.fingerprint in str(caught.value)
+    with open(known) as handle:
+        assert handle.read() == content  # accept-new did not record it
+
+
+async def test_revoked_wins_over_a_line_that_trusts_the_key(server: SshServer, tmp_path: object) -> None:
+    known = os.path.join(str(tmp_path), "known_hosts")
+    with open(known, "w") as handle:
+        handle.write(_key_line(server) + _key_line(server, "@revoked"))
+    with pytest.raises(HostKeyRevoked):
+        await _whoami(server.ssh_config(known_hosts=known))
+
+
+async def test_a_changed_key_in_strict_says_changed_not_unknown(server: SshServer) -> None:
+    server.restart(new_host_key=True)  # its known_hosts still holds the old key
+    with pytest.raises(HostKeyChanged) as caught:
+        await _whoami(server.ssh_config(host_key_policy="strict"))
+    message = str(caught.value)
+    assert "CHANGED" in message and "intercepting" in message
+    assert f"ssh-keygen -R '[{server.host}]:{server.port}'" in message
+    assert "ssh-keyscan" not in message
+
+
+async def test_policy_off_connects_to_a_changed_key_but_warns(
+    server: SshServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.restart(new_host_key=True)
+    assert await _whoami(server.ssh_config(host_key_policy="off")) == server.user
+    assert "CHANGED" in caplog.text
+
+
+def _sign_host_key(server: SshServer, directory: str) -> str:
+    """Make a CA, certify the server's host key for 127.0.0.1 with it; return the CA's public key line."""
+    ca = os.path.join(directory, "ca")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", ca], check=True)
+    subprocess.run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-s",
+            ca,
+            "-I",
+            "test-host",
+            "-h",
+            "-n",
+            server.host,
+            server.host_key_path + ".pub",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server.extra_config = f"HostCertificate {server.host_key_path}-cert.pub"
+    with open(ca + ".pub") as handle:
+        return handle.read().strip()
+
+
+async def test_cert_authority_lines_are_honoured_and_a_revoked_ca_refused(tmp_path: object) -> None:
+    with SshServer() as server:
+        ca_key = _sign_host_key(server, str(tmp_path))
+        server.restart()
+        known = os.path.join(str(tmp_path), "known_hosts")
+        with open(known, "w") as handle:
+            handle.write(_key_line(server, "@cert-authority", "*", ca_key))  # no plain host key at all
+        assert await _whoami(server.ssh_config(known_hosts=known)) == server.user
+        with open(known, "a") as handle:
+            handle.write(_key_line(server, "@revoked", "*", ca_key))
+        for policy in ("strict", "accept-new", "off"):
+            with pytest.raises(HostKeyRevoked):
+                await _whoami(server.ssh_config(known_hosts=known, host_key_policy=policy))
 
 
 async def test_environment_sets_the_default_policy(
@@ -174,6 +272,103 @@ async def test_ssh_config_alias_is_honoured(
     assert await _whoami(config) == optio_sshd.user
 
 
+async def test_alias_alone_is_enough_and_known_hosts_come_from_the_alias(
+    optio_sshd: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = _home_with_alias("box", optio_sshd, tmp_path, monkeypatch)
+    with open(os.path.join(home, ".ssh", "config"), "a") as handle:
+        handle.write(f"  UserKnownHostsFile {optio_sshd.known_hosts}\n")
+    monkeypatch.delenv("OPTIO_HOST_KEY_POLICY", raising=False)
+    assert await _whoami(SSHConfig(host="box")) == optio_sshd.user  # user and key_path from the config
+    assert await _whoami(SSHConfig("box", "", "")) == optio_sshd.user  # the 0.1.2 positional form
+
+
+async def test_alias_errors_name_the_resolved_host_and_port(
+    optio_sshd: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _home_with_alias("box", optio_sshd, tmp_path, monkeypatch)
+    empty = os.path.join(str(tmp_path), "empty_known_hosts")
+    with pytest.raises(HostKeyUnknown) as caught:
+        await _whoami(SSHConfig(host="box", known_hosts=empty, host_key_policy="strict"))
+    message = str(caught.value)
+    assert f"box ({optio_sshd.host} port {optio_sshd.port})" in message
+    assert f"ssh-keyscan -p {optio_sshd.port} {optio_sshd.host}" in message
+    assert caught.value.port == optio_sshd.port and "port 22" not in message
+
+
+def test_cli_names_where_an_alias_leads(
+    optio_sshd: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = _home_with_alias("box", optio_sshd, tmp_path, monkeypatch)
+    empty = os.path.join(home, "empty_known_hosts")
+    env = {name: value for name, value in os.environ.items() if not name.startswith("OPTIO_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "optio_host", "run", "--ssh", "box", "--known-hosts", empty, "--", "true"],
+        capture_output=True,
+        text=True,
+        env={**env, "HOME": home},
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert result.returncode == 255
+    assert f"box ({optio_sshd.host} port {optio_sshd.port})" in result.stderr
+    assert (
+        f"ssh-keyscan -p {optio_sshd.port} {optio_sshd.host}" in result.stderr
+        and "--accept-new" in result.stderr
+    )
+
+
+async def test_a_bad_identity_file_in_the_config_is_a_key_file_error(
+    optio_sshd: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = _home_with_alias("box", optio_sshd, tmp_path, monkeypatch)
+    config_path = os.path.join(home, ".ssh", "config")
+    with open(config_path) as handle:
+        text = handle.read().replace(optio_sshd.key_path, optio_sshd.key_path + ".pub")
+    with open(config_path, "w") as handle:
+        handle.write(text)
+    with pytest.raises(KeyFileError, match="IdentityFile"):
+        await _whoami(SSHConfig(host="box", known_hosts=optio_sshd.known_hosts))
+
+
+async def test_an_unreachable_alias_names_its_real_address(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, not listening: refused
+        home = str(tmp_path)
+        os.makedirs(os.path.join(home, ".ssh"))
+        with open(os.path.join(home, ".ssh", "config"), "w") as handle:
+            handle.write(f"Host gone\n  HostName 127.0.0.1\n  Port {port}\n  User nobody\n")
+        monkeypatch.setenv("HOME", home)
+        with pytest.raises(HostConnectionError, match=rf"gone \(127\.0\.0\.1:{port}\)"):
+            await _whoami(SSHConfig(host="gone", host_key_policy="off", connect_timeout=5))
+
+
+@pytest.mark.parametrize(
+    ("setting", "policy"), [("accept-new", "accept-new"), ("no", "off"), ("yes", "strict")]
+)
+async def test_strict_host_key_checking_from_the_alias_sets_the_policy(
+    optio_sshd: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch, setting: str, policy: str
+) -> None:
+    home = _home_with_alias("box", optio_sshd, tmp_path, monkeypatch)
+    known = os.path.join(home, "recorded_known_hosts")
+    with open(os.path.join(home, ".ssh", "config"), "a") as handle:
+        handle.write(f"  UserKnownHostsFile {known}\n  StrictHostKeyChecking {setting}\n")
+    monkeypatch.delenv("OPTIO_HOST_KEY_POLICY", raising=False)
+    if policy == "strict":
+        with pytest.raises(HostKeyUnknown):
+            await _whoami(SSHConfig(host="box"))
+        return
+    assert await _whoami(SSHConfig(host="box")) == optio_sshd.user
+    assert os.path.exists(known) == (policy == "accept-new")  # off records nothing
+    # An explicit policy still beats the config.
+    with pytest.raises(HostKeyError):
+        await _whoami(SSHConfig(host="box", host_key_policy="strict", known_hosts=known + ".none"))
+
+
 async def test_proxy_jump(optio_sshd: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
     # Jump through the same server: the second hop is a direct-tcpip channel from it.
     home = _home_with_alias("jump", optio_sshd, tmp_path, monkeypatch)
@@ -215,3 +410,70 @@ async def test_env_secrets_stay_off_command_lines_and_logs(
     assert "sleep 5" in processes.stdout and secret not in processes.stdout
     await remote_host.terminate_subprocess(handle, aggressive=True)
     assert secret not in caplog.text
+
+
+# ------------------------------------------------------------------ private taskdirs
+
+
+def _mode(path: str) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+async def test_default_remote_taskdir_is_private(optio_sshd: SshServer) -> None:
+    consumer = f"optio-test-{uuid.uuid4().hex[:8]}"
+    taskdir = task_dir(ssh=optio_sshd.ssh_config(), process_id="p1", consumer_name=consumer)
+    assert taskdir == f"/tmp/{consumer}/p1"  # the 0.1.2 string is unchanged
+    try:
+        async with RemoteHost(optio_sshd.ssh_config(), taskdir) as host:
+            await host.setup_workdir()
+            await host.setup_workdir()  # idempotent
+        assert _mode(f"/tmp/{consumer}") == _mode(taskdir) == _mode(taskdir + "/workdir") == 0o700
+    finally:
+        subprocess.run(["rm", "-rf", f"/tmp/{consumer}"], check=True)
+
+
+@pytest.mark.parametrize("trap", ["symlink", "other-owner", "open-parent"])
+async def test_a_taskdir_another_user_could_swap_is_refused(optio_sshd: SshServer, trap: str) -> None:
+    base = os.path.join(optio_sshd.scratch, f"trap-{uuid.uuid4().hex[:8]}")
+    taskdir = os.path.join(base, "task")
+    os.makedirs(base)
+    os.chown(base, optio_sshd.account.uid, optio_sshd.account.gid)
+    if trap == "symlink":
+        elsewhere = os.path.join(optio_sshd.scratch, f"elsewhere-{uuid.uuid4().hex[:8]}")
+        os.makedirs(elsewhere)
+        os.chown(elsewhere, optio_sshd.account.uid, optio_sshd.account.gid)
+        os.symlink(elsewhere, taskdir)
+        culprit = taskdir
+    elif trap == "other-owner":
+        if os.geteuid() != 0:
+            pytest.skip("needs a second account: run as root (as CI does)")
+        os.makedirs(taskdir, mode=0o777)
+        os.chmod(taskdir, 0o777)  # made first by someone else, open enough that ours would fit inside
+        culprit = taskdir
+    else:
+        os.chmod(base, 0o777)  # anyone may rename entries in it
+        culprit = base
+    async with RemoteHost(optio_sshd.ssh_config(), taskdir) as host:
+        with pytest.raises(UnsafeTaskdir) as caught:
+            await host.setup_workdir()
+    assert caught.value.path == culprit and culprit in str(caught.value)
+    assert isinstance(caught.value, PermissionError)
+
+
+async def test_a_private_taskdir_left_by_a_lost_connection_is_reported_then_removed(
+    server: SshServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    host = make_host(ssh=server.ssh_config())
+    await host.connect()
+    taskdir = host.taskdir
+    server.stop()  # the connection drops and the host stays unreachable during disconnect()
+    await host.disconnect()
+    assert os.path.isdir(taskdir) and host.left_behind_taskdir == taskdir
+    assert taskdir in caplog.text
+    server.start()
+    await host.connect()
+    try:
+        assert not os.path.exists(taskdir) and host.taskdir != taskdir
+        assert host.left_behind_taskdir is None
+    finally:
+        await host.disconnect()

@@ -8,32 +8,72 @@ already know::
     │   └── CommandTimeout          ...and TimeoutError: killed after ``timeout``
     ├── SessionFailed               a log-protocol session ended in failure
     └── DownloadFailed              the download task could not deliver the file
-    ConnectionError
-    └── HostConnectionError         the host cannot be reached or the link dropped
-        ├── HostKeyError            the host's key was refused
-        └── AuthenticationFailed    the host refused our credentials
+    OSError
+    ├── CommandNotStarted           the host could not start a command (``.path``)
+    │   ├── ProgramNotFound         ...and FileNotFoundError: no such program
+    │   ├── ProgramNotExecutable    ...and PermissionError: it exists, cannot run (126)
+    │   ├── CwdNotFound             ...and FileNotFoundError: the cwd does not exist
+    │   ├── CwdNotADirectory        ...and NotADirectoryError: the cwd is a file
+    │   └── CwdNotAccessible        ...and PermissionError: the cwd cannot be entered
+    ├── UnsafeTaskdir               ...PermissionError: a taskdir another user could swap
+    └── ConnectionError
+        └── HostConnectionError     the host cannot be reached or the link dropped
+            ├── HostKeyError        the host's key was refused (``.reason``)
+            │   ├── HostKeyUnknown      not in known_hosts (strict)
+            │   ├── HostKeyChanged      differs from the recorded one: possible interception
+            │   └── HostKeyRevoked      marked ``@revoked`` in known_hosts
+            ├── AuthenticationFailed    the host refused our credentials
+            ├── KeyFileError        the private key file is unusable (``.path``, ``.problem``)
+            └── ChannelRefused      the server refused a channel (``.code``, ``.retryable``)
     RuntimeError
     └── HostNotConnected            a host method was used before ``connect()``
 
 Missing files are ``FileNotFoundError`` and checksum mismatches ``ValueError``
-on every host.
+on every host; SFTP errors become the builtin ``OSError`` of the same meaning.
+asyncssh's own exceptions never escape: ``host/_ssh_errors.py`` maps them all.
+
+Why ``HostConnectionError`` stays an ``OSError`` (``ConnectionError``): a lost
+or refused connection *is* an I/O failure, callers' existing ``except
+ConnectionError``/``except OSError`` around network code keep working, and the
+SPEC makes ``HostKeyError`` a ``ConnectionError``. The cost, that a broad
+``except OSError`` meant for file trouble also catches a lost link, is paid
+where it matters: file-level failures have their own subclasses
+(``FileNotFoundError``, ``CwdNotFound``...), so code that must tell them apart
+catches ``HostConnectionError`` first, or the specific file error.
+
+``CommandTimeout.exit_code`` is the status the killed process reported (``-9``
+for SIGKILL); the CLI turns a timeout into exit code 124, like ``timeout(1)``.
 """
 
 from __future__ import annotations
 
+import errno
 import re
 import shlex
 from collections.abc import Sequence
 
 __all__ = [
     "AuthenticationFailed",
+    "ChannelRefused",
+    "CommandNotStarted",
     "CommandTimeout",
+    "CwdNotADirectory",
+    "CwdNotAccessible",
+    "CwdNotFound",
     "DownloadFailed",
     "HostCommandError",
     "HostConnectionError",
+    "HostKeyChanged",
     "HostKeyError",
+    "HostKeyRevoked",
+    "HostKeyUnknown",
     "HostNotConnected",
+    "KeyFileError",
+    "ProgramNotExecutable",
+    "ProgramNotFound",
     "SessionFailed",
+    "UnsafeTaskdir",
+    "command_not_started",
     "format_command",
     "redact_credentials",
     "redact_url",
@@ -89,7 +129,8 @@ class CommandTimeout(HostCommandError, TimeoutError):
     """A command ran past its ``timeout``; its whole process tree was killed.
 
     ``stdout``/``stderr`` hold the output produced before the kill and
-    ``exit_code`` is the status the killed process reported.
+    ``exit_code`` is the status the killed process reported (``-9``: SIGKILL). The
+    CLI does not pass that on: ``optio-host run --timeout`` exits 124, as ``timeout(1)`` does.
     """
 
     def __init__(
@@ -142,7 +183,14 @@ class HostConnectionError(ConnectionError):
 
 
 class HostKeyError(HostConnectionError):
-    """The host presented a key we do not trust (unknown, or changed)."""
+    """The host presented a key we do not trust.
+
+    ``reason`` tells why, one of ``"unknown"``, ``"changed"`` (another key is
+    recorded for this host: possible interception) or ``"revoked"``; each has its
+    own subclass. ``fingerprint`` is the offered key's ``SHA256:`` fingerprint.
+    """
+
+    reason = "refused"
 
     def __init__(self, message: str, *, host: str, port: int, fingerprint: str | None) -> None:
         self.host = host
@@ -151,9 +199,136 @@ class HostKeyError(HostConnectionError):
         super().__init__(message)
 
 
+class HostKeyUnknown(HostKeyError):
+    """The key is not in known_hosts (and the policy does not record new keys)."""
+
+    reason = "unknown"
+
+
+class HostKeyChanged(HostKeyError):
+    """known_hosts records another key for this host: the connection may be intercepted."""
+
+    reason = "changed"
+
+
+class HostKeyRevoked(HostKeyError):
+    """known_hosts marks the key (or the CA that signed it) ``@revoked``."""
+
+    reason = "revoked"
+
+
 class AuthenticationFailed(HostConnectionError):
     """The host refused every credential we offered."""
 
 
+class KeyFileError(HostConnectionError):
+    """The private key file given (``path``) cannot be used.
+
+    ``problem`` is one of ``"missing"``, ``"unreadable"``, ``"public-key"`` (a
+    ``.pub`` file was given), ``"encrypted"`` (needs a passphrase: use ssh-agent)
+    or ``"invalid"``.
+    """
+
+    def __init__(self, message: str, *, path: str | None, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(message)
+
+
+class ChannelRefused(HostConnectionError):
+    """The server refused to open a channel; ``retryable`` when it lacked room for it."""
+
+    def __init__(self, message: str, *, code: int, retryable: bool) -> None:
+        self.code = code
+        self.retryable = retryable
+        super().__init__(message)
+
+
 class HostNotConnected(RuntimeError):
     """A host method that needs a connection was called before ``connect()``."""
+
+
+class CommandNotStarted(OSError):
+    """The host could not start a command; ``path`` is the program or folder at fault.
+
+    Each subclass also extends the builtin it resembles, so ``except
+    FileNotFoundError`` and ``except PermissionError`` keep working.
+    """
+
+    code = errno.EIO
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.filename = path
+        self.errno = self.code
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ProgramNotFound(CommandNotStarted, FileNotFoundError):
+    """The program does not exist on the host (not on ``PATH``, or no such file)."""
+
+    code = errno.ENOENT
+
+
+class ProgramNotExecutable(CommandNotStarted, PermissionError):
+    """The program exists but cannot be run (not executable, a folder...): exit 126 in a shell."""
+
+    code = errno.EACCES
+
+
+class CwdNotFound(CommandNotStarted, FileNotFoundError):
+    """The working directory does not exist."""
+
+    code = errno.ENOENT
+
+
+class CwdNotADirectory(CommandNotStarted, NotADirectoryError):
+    """The working directory is not a folder."""
+
+    code = errno.ENOTDIR
+
+
+class CwdNotAccessible(CommandNotStarted, PermissionError):
+    """The working directory exists but cannot be entered (no search permission)."""
+
+    code = errno.EACCES
+
+
+#: Why a command did not start, by the code the remote wrapper prints (``OPTIO:<code>``) and
+#: LocalHost derives from the launch's ``OSError``: the exception and the start of its message.
+NOT_STARTED: dict[str, tuple[type[CommandNotStarted], str]] = {
+    "ECWD": (CwdNotFound, "working directory does not exist"),
+    "ECWDNOTDIR": (CwdNotADirectory, "working directory is not a directory"),
+    "ECWDACCES": (CwdNotAccessible, "working directory cannot be entered (no permission)"),
+    "ENOENT": (ProgramNotFound, "program not found"),
+    "EACCES": (ProgramNotExecutable, "program cannot be run (not an executable file)"),
+}
+
+
+#: Added when the missing cwd is the host's own workdir: the usual cause is a forgotten setup.
+WORKDIR_SETUP_HINT = " (the workdir is made by setup_workdir(): call it first)"
+
+
+def command_not_started(code: str, path: str, where: str, *, hint: str = "") -> CommandNotStarted:
+    """The exception for launch failure ``code`` (a key of ``NOT_STARTED``) on host ``where``."""
+    kind, text = NOT_STARTED[code]
+    return kind(f"{text} on {where}: {path}{hint}", path)
+
+
+class UnsafeTaskdir(PermissionError):
+    """A taskdir (or a folder above it) is a link or belongs to another user, so it could be swapped.
+
+    ``path`` is the folder at fault.
+    """
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.filename = path
+        self.errno = errno.EPERM
+
+    def __str__(self) -> str:
+        return str(self.args[0])

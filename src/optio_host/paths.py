@@ -22,6 +22,9 @@ def task_dir(*, ssh: SSHConfig | None, process_id: str, consumer_name: str) -> s
     else ``$HOME/.local/share/<consumer>/<id>``. Remote:
     ``$<PREFIX>_REMOTE_TASK_ROOT/<id>``, else ``/tmp/<consumer>/<id>``.
     ``PREFIX`` is ``consumer_name`` upper-cased with ``-`` turned into ``_``.
+
+    ``/tmp`` is shared: ``RemoteHost.setup_workdir()`` creates the folder with mode 0700
+    and refuses (``UnsafeTaskdir``) one that is a link or that another user made first.
     """
     if not isinstance(process_id, str) or not _PROCESS_ID.fullmatch(process_id):
         raise ValueError(

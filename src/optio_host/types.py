@@ -16,18 +16,24 @@ class SSHConfig:
     """How to reach a remote host over SSH.
 
     ``host`` may be an alias from ``~/.ssh/config`` (its HostName, Port, User,
-    IdentityFile and ProxyJump apply). An empty ``key_path`` means: use the
-    keys ``~/.ssh/config`` names, or the ssh-agent.
+    IdentityFile, ProxyJump, UserKnownHostsFile and StrictHostKeyChecking
+    apply), so ``SSHConfig(host="alias")`` is enough. An empty ``user`` means the
+    config's User, else the login name; an empty ``key_path`` means the keys
+    ``~/.ssh/config`` names, or the ssh-agent. Port 22 leaves room for the
+    config's Port.
 
     ``host_key_policy``: ``"strict"`` accepts only keys already in
     ``known_hosts``; ``"accept-new"`` records a first-seen key and refuses a
-    changed one; ``"off"`` checks nothing. ``None`` means the
-    ``OPTIO_HOST_KEY_POLICY`` environment variable, else ``"strict"``.
+    changed one; ``"off"`` checks nothing but ``@revoked``. ``None`` means the
+    ``OPTIO_HOST_KEY_POLICY`` environment variable, else the alias's
+    ``StrictHostKeyChecking`` (yes/ask: strict, accept-new, no/off: off), else
+    ``"strict"``. ``known_hosts`` ``None`` means the alias's ``UserKnownHostsFile``,
+    else ``~/.ssh/known_hosts``.
     """
 
     host: str
-    user: str
-    key_path: str
+    user: str = ""
+    key_path: str = ""
     port: int = 22
     host_key_policy: str | None = None
     known_hosts: str | None = None
@@ -54,13 +60,24 @@ class SSHConfig:
             raise ValueError("SSHConfig.keepalive_interval must not be negative")
 
 
-def effective_host_key_policy(config: SSHConfig) -> str:
-    """The policy in force: the config's own, else the environment's, else strict."""
+#: ``StrictHostKeyChecking`` values of ``~/.ssh/config`` and the policy each maps to.
+SSH_CONFIG_POLICIES = {
+    "yes": "strict",
+    "ask": "strict",
+    "accept-new": "accept-new",
+    "no": "off",
+    "off": "off",
+}
+
+
+def effective_host_key_policy(config: SSHConfig, from_ssh_config: str | None = None) -> str:
+    """The policy in force: the config's own, else the environment's, else the one
+    ``~/.ssh/config``'s ``StrictHostKeyChecking`` maps to (``from_ssh_config``), else strict."""
     if config.host_key_policy is not None:
         return config.host_key_policy
     from_env = os.environ.get(HOST_KEY_POLICY_ENV, "").strip()
     if not from_env:
-        return "strict"
+        return SSH_CONFIG_POLICIES.get((from_ssh_config or "").lower(), "strict")
     if from_env not in HOST_KEY_POLICIES:
         raise ValueError(f"{HOST_KEY_POLICY_ENV}={from_env!r} is not one of {', '.join(HOST_KEY_POLICIES)}")
     return from_env

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from optio_host.errors import HostCommandError, HostConnectionError, HostKeyError, SessionFailed
+from optio_host.errors import HostCommandError, HostConnectionError, HostKeyUnknown, SessionFailed
 
 __all__ = ["EXIT_CONNECTION", "CliError", "Interrupt", "Interrupted", "fail", "run_async"]
 
@@ -87,7 +87,7 @@ def _describe(exc: BaseException) -> tuple[str, int]:
         exc = exc.exceptions[0]  # a task group's failure: its first cause is the story
     if isinstance(exc, CliError):
         return str(exc), exc.code
-    if isinstance(exc, HostKeyError) and "not trusted" in str(exc):
+    if isinstance(exc, HostKeyUnknown):
         return f"{exc} On the command line: --accept-new (or --known-hosts FILE).", EXIT_CONNECTION
     if isinstance(exc, HostConnectionError):
         return str(exc), EXIT_CONNECTION

@@ -15,6 +15,7 @@ __all__ = [
     "GET",
     "GET_CHECKED",
     "KILL_GROUP",
+    "PRIVATE_DIRS",
     "PUT",
     "RESTORE_COMMIT",
     "SHA256",
@@ -30,6 +31,8 @@ __all__ = [
 # sent to it directly (one exec fewer, which is most of the cost of a short command). String
 # commands are eval'd by that same /bin/sh, which is what `/bin/sh -c` would do, without
 # starting another shell.
+# A command that cannot start is reported as `OPTIO:<code>` (codes: optio_host.errors.NOT_STARTED)
+# instead of the pid line.
 WRAPPER = r"""_optio_nl='
 '
 _optio_unset() {
@@ -39,10 +42,18 @@ _optio_unset() {
   done
 }
 if [ "$1" = 1 ]; then IFS= read -r _optio_env || exit 125; eval "$_optio_env"; unset _optio_env; fi
-cd -- "$2" 2>/dev/null || { printf 'OPTIO:ECWD\n'; exit 126; }
+cd -- "$2" 2>/dev/null || {
+  if [ ! -e "$2" ]; then printf 'OPTIO:ECWD\n'
+  elif [ ! -d "$2" ]; then printf 'OPTIO:ECWDNOTDIR\n'
+  else printf 'OPTIO:ECWDACCES\n'; fi
+  exit 126; }
 _optio_mode=$3; _optio_merge=$4; shift 4
-if [ "$_optio_mode" = argv ] && ! command -v -- "$1" >/dev/null 2>&1; then
-  printf 'OPTIO:ENOENT\n'; exit 127
+if [ "$_optio_mode" = argv ]; then
+  case $1 in
+    */*) if [ ! -e "$1" ]; then printf 'OPTIO:ENOENT\n'; exit 127; fi
+         if [ -d "$1" ] || [ ! -x "$1" ]; then printf 'OPTIO:EACCES\n'; exit 126; fi ;;
+    *) command -v -- "$1" >/dev/null 2>&1 || { printf 'OPTIO:ENOENT\n'; exit 127; } ;;
+  esac
 fi
 _optio_sh=0
 case "${SHELL##*/}" in sh|dash) if [ "$SHELL" -ef /bin/sh ]; then _optio_sh=1; fi ;; esac
@@ -151,4 +162,26 @@ fi
 RESTORE_COMMIT = r"""find "$2" -mindepth 1 -maxdepth 1 -exec rm -rf -- {} + &&
 find "$1" -mindepth 1 -maxdepth 1 -exec mv -- {} "$2"/ \; &&
 rmdir -- "$1"
+"""
+
+# Make taskdir $1 and workdir $2 (mode 0700) and check, after creating them, that no other user
+# could swap them: neither is a link and both are ours; every folder above $1 (as found, and where
+# a link there leads) belongs to us or root, and is writable by others only with the sticky bit
+# (like /tmp). A refusal prints `OPTIO:<what>:<path>` (ELINK, EOWNER, EMODE) and exits 3.
+PRIVATE_DIRS = r"""umask 077
+mkdir -p -- "$2" || exit 1
+me=$(id -u)
+for d in "$1" "$2"; do
+  if [ -L "$d" ]; then printf 'OPTIO:ELINK:%s\n' "$d"; exit 3; fi
+  [ "$(stat -c %u -- "$d")" = "$me" ] || { printf 'OPTIO:EOWNER:%s\n' "$d"; exit 3; }
+done
+d=$1
+while [ "$d" != / ]; do
+  d=${d%/*}; [ -n "$d" ] || d=/
+  for o in "$(stat -c %u -- "$d")" "$(stat -L -c %u -- "$d")"; do
+    [ "$o" = 0 ] || [ "$o" = "$me" ] || { printf 'OPTIO:EOWNER:%s\n' "$d"; exit 3; }
+  done
+  m=$(stat -L -c %a -- "$d") || exit 1
+  if [ $((0$m & 022)) -ne 0 ] && [ $((0$m & 01000)) -eq 0 ]; then printf 'OPTIO:EMODE:%s\n' "$d"; exit 3; fi
+done
 """

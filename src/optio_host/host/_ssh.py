@@ -1,6 +1,7 @@
-"""SSH plumbing for ``RemoteHost``: connecting, host keys, session slots, error translation.
+"""SSH plumbing for ``RemoteHost``: connecting and session slots.
 
-Only this module and ``remote.py`` import asyncssh.
+Host keys live in ``_hostkeys.py``, ``~/.ssh/config`` in ``_ssh_config.py`` and
+the translation of asyncssh's exceptions in ``_ssh_errors.py``.
 
 Session slots: OpenSSH allows ``MaxSessions`` (default 10) session channels
 per connection (exec and subsystem channels; port forwards do not count). The
@@ -15,12 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -28,13 +28,18 @@ import asyncssh
 
 from optio_host.errors import (
     AuthenticationFailed,
+    ChannelRefused,
     HostConnectionError,
     HostKeyError,
     HostNotConnected,
+    KeyFileError,
 )
-from optio_host.types import HOST_KEY_POLICY_ENV, SSHConfig, effective_host_key_policy
+from optio_host.host._hostkeys import HostKeyCheck
+from optio_host.host._ssh_config import describe, resolve
+from optio_host.host._ssh_errors import HandshakeDropped, connect_error, load_client_keys, translate_errors
+from optio_host.types import SSHConfig
 
-__all__ = ["MAX_LINKS", "Link", "SessionPool", "describe", "translate_errors"]
+__all__ = ["MAX_LINKS", "Link", "SessionPool", "describe", "translate_errors"]  # the last two re-exported
 
 _T = TypeVar("_T")
 _log = logging.getLogger("optio_host.ssh")
@@ -57,11 +62,6 @@ _OPEN_RETRY_BUDGET = 60.0
 _DEAD_LINK_RETRIES = 2
 #: Pauses before each attempt to reconnect after a connection was lost.
 _RECONNECT_DELAYS = (0.0, 0.5, 1.0, 2.0)
-_RETRYABLE_OPEN_CODES = {
-    asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-    asyncssh.OPEN_CONNECT_FAILED,
-    asyncssh.OPEN_RESOURCE_SHORTAGE,
-}
 #: Ciphers tried first unless the user's ssh config names its own: AES-GCM runs at about
 #: twice chacha20's speed where the CPU has AES instructions.
 _PREFERRED_CIPHERS = (
@@ -74,47 +74,18 @@ _PREFERRED_CIPHERS = (
 )
 
 
-def describe(config: SSHConfig) -> str:
-    """``user@host:port`` for messages."""
-    user = f"{config.user}@" if config.user else ""
-    return f"{user}{config.host}:{config.port}"
-
-
-def _known_hosts_path(config: SSHConfig) -> str:
-    return os.path.expanduser(config.known_hosts or "~/.ssh/known_hosts")
-
-
-def _host_pattern(host: str, port: int) -> str:
-    return host if port == 22 else f"[{host}]:{port}"
-
-
 class _Client(asyncssh.SSHClient):
-    """Sees the host key the server offers, so refusals can name its fingerprint."""
+    """Hands asyncssh's questions about keys it does not trust to the host-key check."""
 
-    def __init__(self, policy: str, known_hosts: str, on_lost: Any) -> None:
-        self._policy = policy
-        self._known_hosts = known_hosts
+    def __init__(self, check: HostKeyCheck, on_lost: Any) -> None:
+        self._check = check
         self._on_lost = on_lost
-        self.offered_key: asyncssh.SSHKey | None = None
-        self.key_changed = False
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
-        # Called only for keys that are not already trusted.
-        self.offered_key = key
-        if self._policy != "accept-new":
-            return False
-        if os.path.exists(self._known_hosts):
-            known = asyncssh.read_known_hosts(self._known_hosts)
-            if known.match(host, addr, port)[0]:
-                self.key_changed = True  # the host is known with another key: refuse
-                return False
-        folder = os.path.dirname(self._known_hosts)
-        if folder:
-            os.makedirs(folder, mode=0o700, exist_ok=True)
-        line = key.export_public_key("openssh").decode().split()
-        with open(self._known_hosts, "a") as handle:
-            handle.write(f"{_host_pattern(host, port)} {line[0]} {line[1]}\n")
-        return True
+        return self._check.accepts(host, port, key)
+
+    def validate_host_ca_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        return self._check.accepts(host, port, key, is_ca=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._on_lost()
@@ -129,55 +100,26 @@ def _user_config_sets_ciphers() -> bool:
         return False
 
 
-def _connect_options(config: SSHConfig, known_hosts: str, policy: str) -> dict[str, Any]:
+def _connect_options(config: SSHConfig, check: HostKeyCheck) -> dict[str, Any]:
     options: dict[str, Any] = {
         "connect_timeout": config.connect_timeout,
         "keepalive_interval": config.keepalive_interval or None,
         "keepalive_count_max": 2,  # dead after 3 silent intervals: ~30 s by default
+        "known_hosts": check.match,  # every policy: "off" still refuses @revoked keys
     }
     if config.user:
         options["username"] = config.user
     if config.port != 22:
         options["port"] = config.port  # 22 leaves room for a Port from ~/.ssh/config
     if config.key_path:
-        options["client_keys"] = [os.path.expanduser(config.key_path)]
+        options["client_keys"] = load_client_keys(os.path.expanduser(config.key_path))
     if config.proxy_jump:
         options["tunnel"] = config.proxy_jump
-    if policy == "off":
-        options["known_hosts"] = None
-    elif os.path.exists(known_hosts):
-        options["known_hosts"] = known_hosts
-    else:
-        options["known_hosts"] = b""  # nothing trusted yet (strict refuses, accept-new records)
     if not _user_config_sets_ciphers():
         options["encryption_algs"] = [
             alg for alg in _PREFERRED_CIPHERS if alg.encode() in asyncssh.encryption.get_encryption_algs()
         ]
     return options
-
-
-def _host_key_error(config: SSHConfig, client: _Client, known_hosts: str) -> HostKeyError:
-    key = client.offered_key
-    fingerprint = key.get_fingerprint("sha256") if key is not None else None
-    shown = fingerprint or "unknown fingerprint"
-    kind = key.get_algorithm() if key is not None else "host"
-    pattern = _host_pattern(config.host, config.port)
-    if client.key_changed:
-        message = (
-            f"host key for {config.host} port {config.port} has CHANGED: it now offers "
-            f"{kind} key {shown}, which does not match {known_hosts}. This can mean someone "
-            f"is intercepting the connection. If the change is expected, remove the old entry "
-            f"(ssh-keygen -R '{pattern}' -f {known_hosts}) and connect again."
-        )
-    else:
-        message = (
-            f"host key for {config.host} port {config.port} is not trusted: {kind} key {shown} "
-            f"is not in {known_hosts}. If you trust this host, add its key to known_hosts "
-            f"(ssh-keyscan -p {config.port} {config.host} >> {known_hosts}), or let the first "
-            f'connection record it with SSHConfig(host_key_policy="accept-new") or '
-            f"{HOST_KEY_POLICY_ENV}=accept-new."
-        )
-    return HostKeyError(message, host=config.host, port=config.port, fingerprint=fingerprint)
 
 
 _handshakes: weakref.WeakKeyDictionary[
@@ -190,14 +132,6 @@ def _handshake_gate(config: SSHConfig) -> asyncio.Semaphore:
     return gates.setdefault((config.host, config.port), asyncio.Semaphore(MAX_HANDSHAKES))
 
 
-class _DroppedHandshake(Exception):
-    """The server closed the connection before authentication finished."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 async def open_connection(config: SSHConfig, on_lost: Any) -> asyncssh.SSHClientConnection:
     """One authenticated SSH connection, errors translated to optio-host's.
 
@@ -208,11 +142,11 @@ async def open_connection(config: SSHConfig, on_lost: Any) -> asyncssh.SSHClient
         for delay in _HANDSHAKE_RETRIES:
             try:
                 return await _open_connection(config, on_lost)
-            except _DroppedHandshake:
+            except HandshakeDropped:
                 await asyncio.sleep(delay)
         try:
             return await _open_connection(config, on_lost)
-        except _DroppedHandshake as exc:
+        except HandshakeDropped as exc:
             raise HostConnectionError(
                 f"{describe(config)} kept closing the connection during the handshake ({exc.reason}); "
                 "is it overloaded (MaxStartups) or restarting?"
@@ -220,47 +154,24 @@ async def open_connection(config: SSHConfig, on_lost: Any) -> asyncssh.SSHClient
 
 
 async def _open_connection(config: SSHConfig, on_lost: Any) -> asyncssh.SSHClientConnection:
-    policy = effective_host_key_policy(config)
-    known_hosts = _known_hosts_path(config)
-    client = _Client(policy, known_hosts, on_lost)
-    options = _connect_options(config, known_hosts, policy)
+    check = HostKeyCheck(config, resolve(config))
+    options = _connect_options(config, check)  # a bad key file fails here, before any dialling
+    where = describe(config)
     try:
-        conn = await asyncssh.connect(config.host, client_factory=lambda: client, **options)
-    except asyncssh.HostKeyNotVerifiable:
-        raise _host_key_error(config, client, known_hosts) from None
-    except asyncssh.PermissionDenied as exc:
-        key = f" with key {config.key_path}" if config.key_path else ""
-        raise AuthenticationFailed(
-            f"{describe(config)} refused authentication{key}: {exc.reason}. Check the user name "
-            "and that the public key is in the account's authorized_keys."
-        ) from None
-    except TimeoutError:
-        raise HostConnectionError(
-            f"could not connect to {describe(config)} within {config.connect_timeout:g}s"
-        ) from None
-    except (asyncssh.ConnectionLost, ConnectionResetError) as exc:
-        raise _DroppedHandshake(str(exc) or type(exc).__name__) from exc
-    except (OSError, asyncssh.Error) as exc:
-        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
-        raise HostConnectionError(f"could not connect to {describe(config)}: {reason}") from exc
+        conn = await asyncssh.connect(config.host, client_factory=lambda: _Client(check, on_lost), **options)
+    except Exception as exc:
+        mapped = connect_error(
+            exc, where, key_path=config.key_path, timeout=config.connect_timeout, host_key_error=check.error
+        )
+        if mapped is exc:
+            raise
+        raise mapped from (None if isinstance(mapped, HostKeyError) else exc)
+    try:
+        check.check_connected(conn.get_server_host_key())
+    except HostKeyError:
+        conn.close()
+        raise
     return conn
-
-
-@contextlib.contextmanager
-def translate_errors(config: SSHConfig, what: str) -> Iterator[None]:
-    """Turn asyncssh's exceptions into the ones LocalHost raises for the same situation."""
-    try:
-        yield
-    except asyncssh.SFTPNoSuchFile as exc:
-        raise FileNotFoundError(errno.ENOENT, f"no such file on {describe(config)}", what) from exc
-    except asyncssh.SFTPPermissionDenied as exc:
-        raise PermissionError(errno.EACCES, f"permission denied on {describe(config)}", what) from exc
-    except asyncssh.SFTPFailure as exc:
-        raise OSError(f"{what}: {exc.reason} (on {describe(config)})") from exc
-    except (asyncssh.ConnectionLost, asyncssh.DisconnectError, BrokenPipeError, ConnectionResetError) as exc:
-        raise HostConnectionError(f"lost the connection to {describe(config)} during {what}") from exc
-    except asyncssh.ChannelOpenError as exc:
-        raise HostConnectionError(f"{describe(config)} refused a channel for {what}: {exc.reason}") from exc
 
 
 @dataclass(eq=False)
@@ -342,7 +253,7 @@ class SessionPool:
                 await asyncio.sleep(delay)
             try:
                 link = await self._add_link()
-            except (HostKeyError, AuthenticationFailed):
+            except (HostKeyError, AuthenticationFailed, KeyFileError):
                 raise  # retrying cannot fix these
             except HostConnectionError as exc:
                 last = exc
@@ -452,18 +363,18 @@ class SessionPool:
         delay = 0.005
         deadline = time.monotonic() + _OPEN_RETRY_BUDGET
         while True:
-            with translate_errors(self._config, what):
-                try:
+            try:
+                with translate_errors(self._config, what):
                     return await link.conn.create_process(command, encoding=None)
-                except asyncssh.ChannelOpenError as exc:
-                    if exc.code not in _RETRYABLE_OPEN_CODES or self._is_dead(link):
-                        raise
-                    if time.monotonic() + delay > deadline:
-                        raise HostConnectionError(
-                            f"{describe(self._config)} kept refusing new sessions for "
-                            f"{_OPEN_RETRY_BUDGET:g}s ({exc.reason}); if its MaxSessions is "
-                            f"below {self._config.max_sessions}, lower SSHConfig.max_sessions"
-                        ) from exc
+            except ChannelRefused as exc:
+                if not exc.retryable or self._is_dead(link):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise HostConnectionError(
+                        f"{describe(self._config)} kept refusing new sessions for "
+                        f"{_OPEN_RETRY_BUDGET:g}s ({exc}); if its MaxSessions is "
+                        f"below {self._config.max_sessions}, lower SSHConfig.max_sessions"
+                    ) from exc
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import os
 import posixpath
 import re
@@ -34,7 +35,7 @@ from optio_host._streams import (
     sha256_of_chunks,
 )
 from optio_host.detached import DetachedProcess, launch_detached
-from optio_host.errors import CommandTimeout, HostCommandError, HostNotConnected
+from optio_host.errors import CommandTimeout, HostCommandError, HostConnectionError, HostNotConnected
 from optio_host.host.interface import Command, FileSource, Host
 from optio_host.process import ProcessHandle, RunResult
 
@@ -43,6 +44,7 @@ __all__ = ["BaseHost", "Command", "FileSource", "Host", "ReleasingIterator"]
 
 #: ``fetch_bytes_from_host`` reserves memory for at most this much before reading.
 _PRESIZE_LIMIT = 64 * 1024 * 1024
+_log = logging.getLogger("optio_host")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAGIC = re.compile(r"[*?\[]")
 
@@ -121,6 +123,8 @@ class BaseHost(ABC):
         if taskdir is not None:
             self._taskdir = self._normalize_taskdir(os.fspath(taskdir))
         self._home: str | None = None
+        #: A private taskdir a lost connection kept ``disconnect()`` from removing.
+        self.left_behind_taskdir: str | None = None
 
     # ---------------------------------------------------------------- identity
 
@@ -175,6 +179,7 @@ class BaseHost(ABC):
         await self._open()
         if self._taskdir is None:
             try:
+                await self._remove_left_behind()
                 self._taskdir = await self._make_private_taskdir()
                 await self.setup_workdir()
             except BaseException:
@@ -182,19 +187,48 @@ class BaseHost(ABC):
                 raise
 
     async def disconnect(self) -> None:
-        """Stop tails and tunnels, remove a private taskdir, close. Safe to call twice."""
+        """Stop tails and tunnels, remove a private taskdir, close. Safe to call twice.
+
+        A private taskdir that cannot be removed (the connection was lost) is logged with
+        its location as a warning, and removed at this host's next ``connect()``.
+        """
         try:
-            if self._owns_taskdir and self._taskdir is not None and self._is_open():
+            if self._owns_taskdir and self._taskdir is not None:
+                left: str | None = self._taskdir
                 try:
-                    await self.cleanup_taskdir(True)
+                    if self._is_open():
+                        await self.cleanup_taskdir(True)
+                        left = None
+                except HostConnectionError:
+                    pass
                 finally:
                     self._taskdir = None
+                    if left is not None:
+                        self.left_behind_taskdir = left
+                        _log.warning(
+                            "%r: could not remove the private taskdir %s (the connection was lost); "
+                            "it is removed at the next connect(), else remove it by hand",
+                            self,
+                            left,
+                        )
         finally:
             await self._close()
 
     def keep_taskdir(self) -> None:
         """Leave a private taskdir (made at ``connect()``) in place at ``disconnect()``."""
         self._owns_taskdir = False
+
+    async def _remove_left_behind(self) -> None:
+        left, self.left_behind_taskdir = self.left_behind_taskdir, None
+        if left is None:
+            return
+        self._taskdir = left
+        try:
+            await self.cleanup_taskdir(True)
+        except Exception:
+            self.left_behind_taskdir = left  # still there: keep pointing at it
+        finally:
+            self._taskdir = None
 
     @abstractmethod
     async def _open(self) -> None: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from optio_host._localfs import write_atomic
 from optio_host._streams import CHUNK_SIZE, local_file_sha256
 from optio_host.archive import consume_workdir_archive, yield_workdir_archive
+from optio_host.errors import WORKDIR_SETUP_HINT, CommandNotStarted, command_not_started
 from optio_host.host._watch import POLL_INTERVAL, FileWatch, watch_file
 from optio_host.host.base import BaseHost, Command, ReleasingIterator
 from optio_host.process import KILL_REAP_WAIT, TERMINATE_GRACE, ProcessHandle, owned_by
@@ -43,6 +45,16 @@ async def _read_chunks(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
         if not chunk:
             return
         yield chunk
+
+
+def _not_started(exc: OSError, program: str, directory: str, *, is_workdir: bool) -> CommandNotStarted:
+    """The launch failure ``exc`` as the same exception a RemoteHost raises."""
+    if exc.filename == directory and program != directory:  # the child's chdir failed
+        code = {errno.ENOENT: "ECWD", errno.ENOTDIR: "ECWDNOTDIR"}.get(exc.errno or 0, "ECWDACCES")
+        hint = WORKDIR_SETUP_HINT if code == "ECWD" and is_workdir else ""
+        return command_not_started(code, directory, "this machine", hint=hint)
+    code = "EACCES" if isinstance(exc, PermissionError) else "ENOENT"
+    return command_not_started(code, program, "this machine")
 
 
 class LocalHost(BaseHost):
@@ -119,8 +131,6 @@ class LocalHost(BaseHost):
         removed = validate_env_remove(env_remove)
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else validate_argv(command)
         directory = self._resolve(cwd, what="cwd") if cwd is not None else self.workdir
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(f"working directory does not exist: {directory}")
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -131,10 +141,8 @@ class LocalHost(BaseHost):
                 stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
                 start_new_session=True,  # own process group: terminate ends the whole tree
             )
-        except FileNotFoundError:
-            raise FileNotFoundError(f"program not found: {argv[0]}") from None
-        except PermissionError:
-            raise PermissionError(f"program is not executable: {argv[0]}") from None
+        except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+            raise _not_started(exc, argv[0], directory, is_workdir=cwd is None) from None
         if process.stdout is None:  # pragma: no cover - stdout=PIPE guarantees it
             raise RuntimeError("subprocess started without a stdout pipe")
         handle = ProcessHandle(

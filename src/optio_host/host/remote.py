@@ -24,7 +24,14 @@ from typing import Any, TypeVar
 import asyncssh
 
 from optio_host.archive import find_prune_expression, resolve_excludes, sanitize_archive
-from optio_host.errors import HostConnectionError, HostNotConnected
+from optio_host.errors import (
+    NOT_STARTED,
+    WORKDIR_SETUP_HINT,
+    HostConnectionError,
+    HostNotConnected,
+    UnsafeTaskdir,
+    command_not_started,
+)
 from optio_host.host import _scripts as scripts
 from optio_host.host._ssh import Link, SessionPool, describe, translate_errors
 from optio_host.host.base import BaseHost, Command, ReleasingIterator
@@ -44,6 +51,12 @@ _T = TypeVar("_T")
 _READ_SIZE = 8 * 1024 * 1024
 #: How long a checked open (``open_regular_file``) may take to say what it opened.
 OPEN_TIMEOUT = 60.0
+#: Why ``PRIVATE_DIRS`` refused a folder (its ``OPTIO:<code>:<path>`` line).
+_UNSAFE = {
+    "ELINK": "is a symbolic link",
+    "EOWNER": "belongs to another user",
+    "EMODE": "is writable by other users and lacks the sticky bit",
+}
 #: How long ``disconnect()`` lets a clean-up after a lost connection (kills, temp files) finish.
 CLEANUP_WAIT = 5.0
 
@@ -66,13 +79,9 @@ class _RemoteStdin:
         self._writer.write(bytes(data))
 
     async def drain(self) -> None:
-        try:
+        # BrokenPipeError (the command closed its stdin) stays as it is: callers tell it apart.
+        with translate_errors(self._config, "sending input", keep=(BrokenPipeError,)):
             await self._writer.drain()
-        except (asyncssh.ConnectionLost, asyncssh.DisconnectError) as exc:
-            # BrokenPipeError (the command closed its stdin) stays as it is: callers tell it apart.
-            raise HostConnectionError(
-                f"lost the connection to {describe(self._config)} while sending input"
-            ) from exc
 
     def close(self) -> None:
         if not self._eof:
@@ -95,10 +104,8 @@ class _RemoteProcessHandle(ProcessHandle):
     """A ``ProcessHandle`` whose ``wait()`` reports a lost connection as ``HostConnectionError``."""
 
     async def wait(self) -> int:
-        try:
+        with translate_errors(None, "waiting for a command"):
             await self.pid_like.wait_closed()
-        except (asyncssh.Error, OSError) as exc:
-            raise HostConnectionError(f"lost the connection while waiting: {exc}") from exc
         code = self.returncode
         if code is None:
             raise HostConnectionError(
@@ -231,8 +238,25 @@ class RemoteHost(BaseHost):
         return result.stdout
 
     async def setup_workdir(self) -> None:
-        """Create taskdir and workdir (mode 0700) if missing; never deletes anything."""
-        await self._sh('umask 077 && mkdir -p -- "$1"', self.workdir)
+        """Create taskdir and workdir (mode 0700) if missing; never deletes anything.
+
+        On a shared host (``/tmp/<consumer>/<id>``) another user may have made the folder
+        first: a taskdir or workdir that is a link or not ours, or a folder above it that
+        another user could swap, raises ``UnsafeTaskdir``.
+        """
+        result = await self.run(script_argv(scripts.PRIVATE_DIRS, self.taskdir, self.workdir), cwd="/")
+        if result.exit_code == 0:
+            return
+        what, _, path = result.stdout.strip().removeprefix("OPTIO:").partition(":")
+        where = describe(self.ssh_config)
+        if result.exit_code == 3 and what in _UNSAFE:
+            raise UnsafeTaskdir(
+                f"refusing taskdir {self.taskdir} on {where}: {path} {_UNSAFE[what]}, so another user "
+                "could replace it. Remove it, or use a taskdir in a folder of your own (for "
+                "task_dir(): set <CONSUMER>_REMOTE_TASK_ROOT).",
+                path,
+            )
+        raise OSError(f"cannot create {self.workdir} on {where}: {(result.stderr or result.stdout).strip()}")
 
     async def cleanup_taskdir(self, aggressive: bool = False) -> None:
         """Remove the whole taskdir (``aggressive``: also read-only parts, ignoring errors)."""
@@ -369,10 +393,14 @@ class RemoteHost(BaseHost):
                 )
             buffer += chunk
         status = buffer[start + 6 : end].decode(errors="replace")
-        if status == "ECWD":
-            raise FileNotFoundError(f"working directory does not exist on the host: {directory}")
-        if status == "ENOENT":
-            raise FileNotFoundError(f"program not found on the host: {program}")
+        if status in NOT_STARTED:
+            path = program if status in ("ENOENT", "EACCES") else directory
+            hint = (
+                WORKDIR_SETUP_HINT
+                if status == "ECWD" and self._taskdir is not None and directory == self.workdir
+                else ""
+            )
+            raise command_not_started(status, path, describe(self.ssh_config), hint=hint)
         pid, _, shell_is_sh = status.partition(":")
         self._groups[process] = int(pid)
         self._process_links[process] = (link, time.monotonic())
@@ -571,13 +599,12 @@ class RemoteHost(BaseHost):
         reader = asyncio.ensure_future(collect())
         try:
             stdin = _stdin_of(handle)
-            try:
-                await feed(stdin)
-            finally:
-                stdin.close()
-            await reader
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise HostConnectionError(f"lost the connection to {describe(self.ssh_config)}") from exc
+            with translate_errors(self.ssh_config, "sending data"):
+                try:
+                    await feed(stdin)
+                finally:
+                    stdin.close()
+                await reader
         finally:
             reader.cancel()
         return await handle.wait(), output.decode(errors="replace").strip()
