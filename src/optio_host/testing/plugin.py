@@ -8,25 +8,59 @@ Fixtures:
 - ``local_host`` / ``remote_host``: connected hosts with a fresh taskdir and a
   ready workdir, disconnected afterwards.
 - ``host``: parametrised over both (ids ``local`` and ``remote``).
+
+No configuration needed: an ``async def`` test that takes one of these fixtures
+as an argument is marked ``asyncio`` here, so it runs without
+``asyncio_mode = auto``. ``-p optio_host.testing`` loads the plugin where
+plugin autoloading is off. Run as root, the remote fixtures log in as a
+dedicated account (see ``optio_host.testing.sshd``); the run's header says so.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from optio_host.host.local import LocalHost
 from optio_host.host.remote import RemoteHost
-from optio_host.testing.sshd import SshdUnavailable, SshServer
+from optio_host.testing.sshd import SshdUnavailable, SshServer, account_note
 
 __all__ = ["host", "local_host", "optio_sshd", "remote_host", "sshd_required"]
 
 _task_numbers = itertools.count()
+
+#: The fixtures that make an ``async def`` test an asyncio test by themselves.
+_HOST_FIXTURES = frozenset({"host", "local_host", "remote_host", "optio_sshd"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Module | pytest.Class, name: str, obj: Any) -> None:
+    """Mark ``async def`` tests that take our fixtures ``asyncio`` (no ``asyncio_mode = auto`` needed).
+
+    Runs before pytest-asyncio looks at the test, so its strict mode sees the mark.
+    """
+    if not inspect.iscoroutinefunction(obj) or not collector.funcnamefilter(name):
+        return
+    if any(mark.name == "asyncio" for mark in getattr(obj, "pytestmark", [])):
+        return
+    try:
+        parameters = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return
+    if _HOST_FIXTURES.intersection(parameters):
+        pytest.mark.asyncio(obj)
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Say which account the remote fixtures log in as when that is not the current user."""
+    return account_note()
 
 
 def sshd_required() -> bool:
