@@ -153,6 +153,13 @@ class BaseHost(ABC):
             return text
         return posixpath.join(self.workdir, text)
 
+    def _missing_cwd(self, directory: str, where: str = "") -> FileNotFoundError:
+        """The error for a command whose working folder is missing (one wording for both hosts)."""
+        hint = ""
+        if directory == self.workdir:
+            hint = "; call `await host.setup_workdir()` first (make_host without a taskdir does it)"
+        return FileNotFoundError(f"working directory does not exist{where}: {directory}{hint}")
+
     # ---------------------------------------------------------------- lifecycle
 
     async def __aenter__(self) -> Self:

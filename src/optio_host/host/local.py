@@ -122,7 +122,7 @@ class LocalHost(BaseHost):
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else validate_argv(command)
         directory = self._resolve(cwd, what="cwd") if cwd is not None else self.workdir
         if not os.path.isdir(directory):
-            raise FileNotFoundError(f"working directory does not exist: {directory}")
+            raise self._missing_cwd(directory)
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,

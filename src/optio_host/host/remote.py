@@ -317,7 +317,7 @@ class RemoteHost(BaseHost):
             buffer += chunk
         status = buffer[start + 6 : end].decode(errors="replace")
         if status == "ECWD":
-            raise FileNotFoundError(f"working directory does not exist on the host: {directory}")
+            raise self._missing_cwd(directory, " on the host")
         if status == "ENOENT":
             raise FileNotFoundError(f"program not found on the host: {program}")
         pid, _, shell_is_sh = status.partition(":")
