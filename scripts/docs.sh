@@ -8,4 +8,4 @@ PYTHON=${PYTHON:-python3}
 
 "$PYTHON" -m venv .venv-docs
 .venv-docs/bin/pip install -q --disable-pip-version-check -e '.[docs]'
-.venv-docs/bin/mkdocs build --strict --site-dir site "$@"
+NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs build --strict --site-dir site "$@"
