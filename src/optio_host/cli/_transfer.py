@@ -161,10 +161,11 @@ async def _get(
                 target = os.path.join(target, posixpath.basename(source.rstrip("/")) or "root")
             size = await interrupt.race(get_tree(host, source, target))
         else:
+            if await _is_dir(host, source):
+                raise CliError(f"{source}: a folder on {describe_target(ssh_config)} (add -r to copy it)")
             found = await host.file_size(source)
             if found is None:
-                kind = "a folder (add -r to copy it)" if await _is_dir(host, source) else "no such file"
-                raise CliError(f"{source}: {kind} on {describe_target(ssh_config)}")
+                raise CliError(f"{source}: no such file on {describe_target(ssh_config)}")
             size = found
             if local == STDIO:
                 await interrupt.race(_to_stdout(host, source, sha256, where))
