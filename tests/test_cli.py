@@ -870,3 +870,28 @@ def test_tunnel_listens_on_the_local_port_asked_for(optio_sshd: SshServer, greet
     local = cli("tunnel", "--local-port", "1", "2")
     assert local.returncode == 2
     assert_one_line_error(local.stderr, "already local")
+
+
+def test_session_upload_takes_files_folders_and_globs_alike(target: Target, tmp_path: Path) -> None:
+    kit = tmp_path / "kit"
+    (kit / "data").mkdir(parents=True)
+    (kit / "data" / "input.txt").write_text("three words here\n")
+    (kit / "one.sh").write_text("a=1\n")
+    (kit / "two.sh").write_text("b=2\n")
+    script = (
+        "test -f data/input.txt && test -f one.sh && test -f two.sh || exit 9; "
+        'mkdir -p deliverables; wc -w < data/input.txt | tr -d " " > deliverables/n.txt; '
+        'echo DELIVERABLE: deliverables/n.txt >> "$OPTIO_LOG"; echo DONE >> "$OPTIO_LOG"'
+    )
+    out = tmp_path / "out"
+    ok = cli("session", *target.args, "--out", str(out), "--upload", str(kit / "data"),
+             "--upload", str(kit / "*.sh"), "--", "sh", "-c", script)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert (out / "n.txt").read_text() == "3\n"
+    no_glob, no_file = cli_many(
+        ["session", *target.args, "--upload", str(kit / "*.none"), "--", "true"],
+        ["session", *target.args, "--upload", str(kit / "absent"), "--", "true"],
+    )
+    assert no_glob.returncode == no_file.returncode == 1
+    assert_one_line_error(no_glob.stderr, "no file or folder matches")
+    assert_one_line_error(no_file.stderr, "no such file or folder")

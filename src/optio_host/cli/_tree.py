@@ -8,6 +8,7 @@ read-only folder does not block its own copy.
 
 from __future__ import annotations
 
+import glob
 import os
 import posixpath
 import sys
@@ -15,7 +16,7 @@ import sys
 from optio_host.cli._runner import CliError
 from optio_host.host.interface import Host
 
-__all__ = ["get_tree", "put_tree"]
+__all__ = ["get_tree", "put_tree", "upload_into"]
 
 #: Folders per ``mkdir``/``chmod`` command line (well under any ARG_MAX).
 _BATCH = 200
@@ -95,3 +96,23 @@ async def get_tree(host: Host, source: str, target: str) -> int:
     for path, mode in reversed(folders):
         os.chmod(path, mode)
     return size
+
+
+async def upload_into(host: Host, items: tuple[str, ...] | list[str], folder: str) -> None:
+    """``session --upload``: files, folders (with everything in them) and globs, all the same way.
+
+    A glob (``'*.sh'``, quoted so the shell leaves it to us) is expanded here;
+    each match, and each named path, lands in ``folder`` under its own name.
+    Nothing to upload for an item is an error (exit code 1), whatever the item.
+    """
+    for item in items:
+        matches = [item] if os.path.lexists(item) else sorted(glob.glob(item))
+        if not matches:
+            what = "no file or folder matches" if glob.has_magic(item) else "no such file or folder"
+            raise CliError(f"--upload {item}: {what}")
+        for path in matches:
+            target = posixpath.join(folder, os.path.basename(os.path.abspath(path)))
+            if os.path.isdir(path):
+                await put_tree(host, path, target)
+            else:
+                await host.put_file_to_host(path, target)
