@@ -9,14 +9,18 @@ In the README, the complete examples run; fragments need a real remote host.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shlex
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from optio_host.testing import SshServer
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -199,6 +203,51 @@ def test_the_root_note_on_the_testing_page_is_the_one_printed() -> None:
     if os.geteuid() == 0 and "OPTIO_HOST_SSHD_USER" not in os.environ:
         assert account_note() in page
     assert TEST_ACCOUNT in page
+
+
+def _console_steps(code: str) -> list[tuple[str, list[str]]]:
+    """``$ command`` lines, each with the output lines shown under it."""
+    steps: list[tuple[str, list[str]]] = []
+    for line in code.splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        else:
+            steps[-1][1].append(line)
+    return steps
+
+
+@pytest.fixture
+def box_home(tmp_path: Path, optio_sshd: SshServer) -> Iterator[Path]:
+    """A $HOME whose ~/.ssh names the test sshd ``box`` (config and known_hosts); cleans the remote home."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host box\n  HostName {optio_sshd.host}\n  Port {optio_sshd.port}\n"
+        f"  User {optio_sshd.user}\n  IdentityFile {optio_sshd.key_path}\n"
+    )
+    shutil.copy(optio_sshd.known_hosts, home / ".ssh" / "known_hosts")
+    remote_home = Path(pwd.getpwnam(optio_sshd.user).pw_dir)
+    before = set(os.listdir(remote_home))
+    try:
+        yield home
+    finally:
+        for name in set(os.listdir(remote_home)) - before:
+            path = remote_home / name
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+@pytest.mark.parametrize("code", _docs(_is_cli_session), ids=_ids)
+def test_cli_page_sessions_run_as_shown(code: str, tmp_path: Path, box_home: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**_env(), "HOME": str(box_home)}
+    env = {k: v for k, v in env.items() if not k.startswith("OPTIO_")}
+    for command, shown in _console_steps(code):
+        result = subprocess.run(
+            ["/bin/sh", "-c", "exec 2>&1\n" + command], cwd=work, env=env, capture_output=True, text=True,
+            timeout=60, check=False, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert result.stdout.splitlines() == shown, f"$ {command}\n{result.stdout}{result.stderr}"
 
 
 def test_benchmarks_page_is_benchmarks_md() -> None:
