@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
+import posixpath
 import random
 import re
 import shutil
@@ -21,10 +23,13 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from optio_host.cli import main
+from optio_host.cli._paths import host_path
 from optio_host.cli._session import _Saver
-from optio_host.cli._target import parse_ssh_target
+from optio_host.cli._target import hoist_host_options, parse_ssh_target
 from optio_host.testing import SshServer
 
 CLI = [sys.executable, "-m", "optio_host"]
@@ -895,3 +900,64 @@ def test_session_upload_takes_files_folders_and_globs_alike(target: Target, tmp_
     assert no_glob.returncode == no_file.returncode == 1
     assert_one_line_error(no_glob.stderr, "no file or folder matches")
     assert_one_line_error(no_file.stderr, "no such file or folder")
+
+
+# ---------------------------------------------------------------- the argv and path rules, every way
+
+_HOST_OPTION_FORMS = st.sampled_from(
+    [["--ssh", "me@box"], ["--ssh=me@box:2222"], ["-p", "2200"], ["--port=2200"], ["-i", "key"],
+     ["--identity", "run"], ["--known-hosts", "kh"], ["--accept-new"], ["-q"], ["--quiet"]]
+)  # fmt: skip
+_REST = st.lists(st.sampled_from(["--", "echo", "-p", "--ssh", "x y", "run", "-q", ""]), max_size=6)
+
+
+@given(
+    before=st.lists(_HOST_OPTION_FORMS, max_size=4),
+    command=st.sampled_from(["run", "put", "get", "session", "tunnel", "demo"]),
+    rest=_REST,
+)
+def test_host_options_before_the_subcommand_move_after_it_unchanged(
+    before: list[list[str]], command: str, rest: list[str]
+) -> None:
+    moved = [arg for form in before for arg in form]
+    argv = [*moved, command, *rest]
+    hoisted = hoist_host_options(argv, {"run", "put", "get", "session", "tunnel", "demo"})
+    assert hoisted == [command, *moved, *rest]  # same words, same order, subcommand first
+
+
+@given(rest=_REST)
+def test_hoisting_leaves_argv_without_a_subcommand_alone(rest: list[str]) -> None:
+    argv = ["--version", *[arg for arg in rest if arg != "run"]]
+    assert hoist_host_options(argv, {"run"}) == argv
+
+
+class _HomeOnly:
+    """Just enough of a host for the path rule: its home folder."""
+
+    async def resolve_host_home(self) -> str:
+        return "/home/me"
+
+
+_SEGMENTS = st.lists(
+    st.sampled_from(["a", "b c", ".", "..", "~", "-x", "$HOME", "d\nn"]), min_size=1, max_size=5
+)
+
+
+@given(segments=_SEGMENTS, tilde=st.booleans(), trailing=st.booleans())
+def test_a_relative_remote_path_stays_relative_to_the_home(
+    segments: list[str], tilde: bool, trailing: bool
+) -> None:
+    typed = ("~/" if tilde else "") + "/".join(segments) + ("/" if trailing else "")
+    resolved = asyncio.run(host_path(_HomeOnly(), typed, local=False))  # type: ignore[arg-type]
+    rest = typed[2:] if typed.startswith("~/") else "" if typed == "~" else typed  # the rule, restated
+    lexical = posixpath.normpath(posixpath.join("/home/me", rest))
+    assert resolved == lexical
+    assert resolved.startswith("/")
+
+
+@given(segments=_SEGMENTS)
+def test_a_relative_local_path_is_relative_to_the_current_folder(segments: list[str]) -> None:
+    typed = "/".join(segments)
+    if typed.startswith("~"):
+        return  # the local home: os.path.expanduser's business
+    assert asyncio.run(host_path(_HomeOnly(), typed, local=True)) == os.path.abspath(typed)  # type: ignore[arg-type]
