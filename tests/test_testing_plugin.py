@@ -28,12 +28,19 @@ async def test_put_says_whether_it_wrote(host):
 """
 
 
+SOURCE = str(Path(__file__).resolve().parent.parent / "src")
+
+
+def _base_env() -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    base["PYTHONPATH"] = os.pathsep.join(filter(None, [SOURCE, base.get("PYTHONPATH")]))
+    return base
+
+
 def _pytest(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     (project / "pytest.ini").write_text("[pytest]\n")
     (project / "test_inner.py").write_text(INNER_TEST)
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    source = str(Path(__file__).resolve().parent.parent / "src")
-    base["PYTHONPATH"] = os.pathsep.join(filter(None, [source, base.get("PYTHONPATH")]))
+    base = _base_env()
     return subprocess.run(
         [
             sys.executable,
@@ -103,3 +110,24 @@ def test_opt_out_naming_no_account_is_a_clear_error(tmp_path: Path) -> None:
     result = _pytest(tmp_path, "-v", env={ACCOUNT_ENV: "no-such-account-here", "CI": "true"})
     assert result.returncode != 0
     assert f"{ACCOUNT_ENV}=no-such-account-here: no such account" in result.stdout
+
+
+def test_without_pytest_asyncio_pytest_still_runs_and_the_fixtures_say_what_to_install(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "blocker" / "pytest_asyncio"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('pytest-asyncio is not installed (simulated)')\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pytest.ini").write_text("[pytest]\n")
+    (project / "test_sync.py").write_text(
+        "def test_plain():\n    assert True\n\ndef test_uses(local_host):\n    pass\n"
+    )
+    env = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": f"{blocker.parent}{os.pathsep}{SOURCE}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "optio_host.testing", "-rf"],
+        cwd=project, env={**_base_env(), **env}, capture_output=True, text=True, timeout=100, check=False,
+    )  # fmt: skip
+    assert "1 passed, 1 error" in result.stdout, result.stdout + result.stderr
+    assert "local_host: optio-host's host fixtures need pytest-asyncio" in result.stdout
