@@ -85,6 +85,7 @@ async def main() -> None:
                 for language in WORKERS:
                     process_id = f"count-{where}-{language}"
                     await optio.adhoc_define(count_words_task(process_id, ssh, language))
+                    # optio-core 0.7 wants session_id; before 0.7, leave it out.
                     await optio.launch_and_wait(process_id, session_id=None)
                     record = await db["first_processes"].find_one({"processId": process_id})
                     state = record["status"]["state"]
