@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
+import posixpath
 import random
 import re
 import shutil
@@ -20,10 +23,13 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from optio_host.cli import _demo_chart, main
+from optio_host.cli._paths import host_path
 from optio_host.cli._session import _Saver
-from optio_host.cli._target import parse_ssh_target
+from optio_host.cli._target import hoist_host_options, parse_ssh_target
 from optio_host.testing import SshServer
 
 CLI = [sys.executable, "-m", "optio_host"]
@@ -229,12 +235,34 @@ def test_run_passes_argv_verbatim(target: Target) -> None:
     assert result.stdout == "".join(f"<{arg}>" for arg in args)
 
 
-def test_run_in_a_private_folder_that_is_removed_after(target: Target) -> None:
-    result = cli("run", *target.args, "--", "pwd")
-    assert result.returncode == 0, result.stderr
-    folder = result.stdout.strip()
-    assert "optio-host-" in folder
-    assert not os.path.exists(folder)  # the remote host is this machine too
+def _home_of(target: Target) -> str:
+    """Where a relative path points under the one rule: the login's home remotely, here: the cwd."""
+    if target.remote:
+        return cli("run", *target.args, "--", "sh", "-c", 'printf %s "$HOME"').stdout
+    return target.folder
+
+
+def test_relative_paths_follow_one_rule_in_every_subcommand(target: Target, tmp_path: Path) -> None:
+    name = f"{uuid.uuid4().hex[:8]}-rule.txt"
+    (tmp_path / name).write_text("same place\n")
+    home = _home_of(target)
+    try:
+        put = cli("put", *target.args, str(tmp_path / name), ".", cwd=target.folder)
+        assert put.returncode == 0, put.stderr
+        assert Path(home, name).read_text() == "same place\n"  # the remote host is this machine
+        ran = cli("run", *target.args, "--", "cat", name, cwd=target.folder)
+        assert (ran.returncode, ran.stdout) == (0, "same place\n"), ran.stderr
+        pwd = cli("run", *target.args, "--", "pwd", cwd=target.folder)
+        assert os.path.realpath(pwd.stdout.strip()) == os.path.realpath(home)
+        got = cli("get", *target.args, name, str(tmp_path / "back.txt"), cwd=target.folder)
+        assert got.returncode == 0, got.stderr
+        assert (tmp_path / "back.txt").read_text() == "same place\n"
+        if target.remote:  # here, ~ is this machine's home, not the test's folder
+            tilde = cli("run", *target.args, "--cwd", "~", "--", "cat", name, cwd=target.folder)
+            assert tilde.stdout == "same place\n"
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(home, name))
 
 
 def test_run_with_cwd_and_env(target: Target) -> None:
@@ -753,3 +781,252 @@ def test_run_on_a_terminal_streams_and_ctrl_c_stops_the_tree(target: Target) -> 
     assert child.exitstatus == 130
     assert b"Traceback" not in child.before
     assert processes_matching(re.escape(sleep)) == ""
+
+
+# ---------------------------------------------------------------- ssh/scp habits
+
+
+def cli_input(*args: str, data: bytes, cwd: Path | str | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run the command with ``data`` on its stdin (a pipe)."""
+    return subprocess.run(
+        [*CLI, *args], input=data, capture_output=True, cwd=cwd, env=_env(), timeout=60, check=False
+    )
+
+
+def test_dash_is_stdin_for_put_and_stdout_for_get(target: Target) -> None:
+    data = random.randbytes(300_000) + b"\n\x00end"
+    remote = target.path("from-stdin.bin")
+    put = cli_input("put", *target.args, "-", remote, data=data)
+    assert put.returncode == 0, put.stderr
+    assert Path(remote).read_bytes() == data
+    assert b"stdin -> " in put.stdout
+    got = cli_input("get", *target.args, remote, "-", data=b"")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == data  # nothing but the bytes on stdout
+    digest = hashlib.sha256(data).hexdigest()
+    checked = cli_input("get", *target.args, "--sha256", "0" * 64, remote, "-", data=b"")
+    assert checked.returncode == 1
+    assert digest.encode() in checked.stderr
+    folder = cli_input("put", *target.args, "-", target.folder, data=b"x")
+    assert folder.returncode == 1
+    assert b"name the file" in folder.stderr
+
+
+def test_run_forwards_stdin_from_a_pipe_and_not_from_dev_null(target: Target) -> None:
+    piped = cli_input("run", *target.args, "--", "cat", data=b"piped\n")
+    assert (piped.returncode, piped.stdout) == (0, b"piped\n"), piped.stderr
+    big = random.randbytes(2_000_000)
+    counted = cli_input("run", *target.args, "--", "sha256sum", data=big)
+    assert counted.stdout.split()[0].decode() == hashlib.sha256(big).hexdigest()
+    empty = cli("run", *target.args, "--", "cat")  # stdin is /dev/null: cat ends at once
+    assert (empty.returncode, empty.stdout) == (0, "")
+    not_forwarded = cli_input("run", *target.args, "-n", "--", "cat", data=b"ignored")
+    assert (not_forwarded.returncode, not_forwarded.stdout) == (0, b"")
+
+
+@pytest.mark.timeout(30)
+def test_run_on_a_terminal_does_not_wait_for_stdin(target: Target) -> None:
+    child = spawn("run", *target.args, "--", "cat")
+    child.expect(pexpect.EOF, timeout=20)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def _tree(root: Path) -> dict[str, tuple[str, int, bytes]]:
+    found: dict[str, tuple[str, int, bytes]] = {}
+    for path in sorted(root.rglob("*")):
+        kind = "link" if path.is_symlink() else "dir" if path.is_dir() else "file"
+        data = path.read_bytes() if kind == "file" else b""
+        found[str(path.relative_to(root))] = (kind, path.lstat().st_mode & 0o777, data)
+    return found
+
+
+def test_recursive_put_and_get_keep_names_bytes_and_modes(target: Target, tmp_path: Path) -> None:
+    source = tmp_path / "photos"
+    (source / "sub dir" / "deeper").mkdir(parents=True)
+    (source / "empty").mkdir()
+    (source / "a.bin").write_bytes(random.randbytes(100_000))
+    (source / "sub dir" / "it's $x.txt").write_text("quoted\n")
+    (source / "sub dir" / "deeper" / "run.sh").write_text("#!/bin/sh\n")
+    (source / "sub dir" / "deeper" / "run.sh").chmod(0o750)
+    (source / "empty").chmod(0o700)
+    (source / "link").symlink_to("/etc/passwd")
+    expected = {k: v for k, v in _tree(source).items() if k != "link"}
+
+    fresh = target.path("copy")
+    put = cli("put", "-r", *target.args, str(source), fresh)
+    assert put.returncode == 0, put.stderr
+    assert _tree(Path(fresh)) == expected  # a new target becomes the copy
+    assert "skipped symbolic link" in put.stderr
+    again = cli("put", "-r", *target.args, str(source), fresh)
+    assert again.returncode == 0, again.stderr
+    assert _tree(Path(fresh, "photos")) == expected  # an existing folder: the copy goes inside
+
+    back = tmp_path / "back"
+    got = cli("get", "-r", *target.args, fresh, str(back))
+    assert got.returncode == 0, got.stderr
+    assert {k: v for k, v in _tree(back).items() if not k.startswith("photos")} == expected
+    into = cli("get", "-r", *target.args, fresh, str(back))
+    assert into.returncode == 0, into.stderr
+    assert (back / Path(fresh).name / "a.bin").read_bytes() == (source / "a.bin").read_bytes()
+
+    no_r = cli("put", *target.args, str(source), target.path("x"))
+    assert no_r.returncode == 2
+    assert_one_line_error(no_r.stderr, "add -r")
+    no_r_get = cli("get", *target.args, fresh, str(tmp_path / "y"))
+    assert no_r_get.returncode == 1
+    assert_one_line_error(no_r_get.stderr, "add -r")
+
+
+def test_quiet_prints_nothing_but_errors(target: Target, tmp_path: Path) -> None:
+    source = tmp_path / "q.txt"
+    source.write_text("quiet\n")
+    put = cli("put", "-q", *target.args, str(source), target.path("q.txt"))
+    assert (put.returncode, put.stdout, put.stderr) == (0, "", "")
+    session = cli("session", "--quiet", *target.args, "--out", str(tmp_path / "o"), "--", "sh", "-c",
+                  "echo 'STATUS: 50% half' >> \"$OPTIO_LOG\"; echo DONE >> \"$OPTIO_LOG\"")  # fmt: skip
+    assert (session.returncode, session.stdout) == (0, ""), session.stderr
+    failed = cli("get", "-q", *target.args, target.path("absent"), str(tmp_path / "z"))
+    assert failed.returncode == 1
+    assert_one_line_error(failed.stderr, "no such file")
+
+
+def test_port_option_and_options_before_the_subcommand(optio_sshd: SshServer) -> None:
+    keys = ["-i", optio_sshd.key_path, "--known-hosts", optio_sshd.known_hosts]
+    user_host = f"{optio_sshd.user}@127.0.0.1"
+    with_p, before, before_eq = cli_many(
+        ["run", "--ssh", user_host, "-p", str(optio_sshd.port), *keys, "--", "echo", "via -p"],
+        ["--ssh", user_host, "-p", str(optio_sshd.port), *keys, "-q", "run", "--", "echo", "before"],
+        [f"--ssh={user_host}", f"--port={optio_sshd.port}", *keys, "run", "echo", "eq"],
+    )
+    assert (with_p.returncode, with_p.stdout) == (0, "via -p\n"), with_p.stderr
+    assert (before.returncode, before.stdout) == (0, "before\n"), before.stderr
+    assert (before_eq.returncode, before_eq.stdout) == (0, "eq\n"), before_eq.stderr
+    clash, no_ssh = cli_many(
+        ["run", "--ssh", f"{user_host}:2222", "-p", "2200", "--", "true"],
+        ["run", "-p", "2200", "--", "true"],
+    )
+    assert clash.returncode == 2
+    assert_one_line_error(clash.stderr, "two ports")
+    assert no_ssh.returncode == 2
+    assert_one_line_error(no_ssh.stderr, "-p", "--ssh")
+
+
+@pytest.mark.timeout(60)
+def test_session_timeout_stops_the_worker_and_exits_124(target: Target, tmp_path: Path) -> None:
+    sleep = unique_sleep()
+    result = cli("session", *target.args, "--timeout", "2", "--out", str(tmp_path / "o"), "--",
+                 "sh", "-c", f"echo 'STATUS: started' >> \"$OPTIO_LOG\"; sleep {sleep}")  # fmt: skip
+    assert result.returncode == 124
+    assert_one_line_error(result.stderr, "timed out after 2 s")
+    assert processes_matching(re.escape(sleep), within=10) == ""
+
+
+@pytest.mark.timeout(30)
+def test_tunnel_listens_on_the_local_port_asked_for(optio_sshd: SshServer, greeting_server: int) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        wanted = probe.getsockname()[1]
+    with subprocess.Popen(
+        [*CLI, "tunnel", *ssh_args(optio_sshd), "--local-port", str(wanted), str(greeting_server)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    ) as process:  # fmt: skip
+        try:
+            assert process.stdout is not None
+            assert int(process.stdout.readline()) == wanted
+            with socket.create_connection(("127.0.0.1", wanted), timeout=10) as connection:
+                assert connection.recv(100).startswith(b"hello")
+            process.send_signal(signal.SIGINT)
+            assert process.wait(15) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+    local = cli("tunnel", "--local-port", "1", "2")
+    assert local.returncode == 2
+    assert_one_line_error(local.stderr, "already local")
+
+
+def test_session_upload_takes_files_folders_and_globs_alike(target: Target, tmp_path: Path) -> None:
+    kit = tmp_path / "kit"
+    (kit / "data").mkdir(parents=True)
+    (kit / "data" / "input.txt").write_text("three words here\n")
+    (kit / "one.sh").write_text("a=1\n")
+    (kit / "two.sh").write_text("b=2\n")
+    script = (
+        "test -f data/input.txt && test -f one.sh && test -f two.sh || exit 9; "
+        'mkdir -p deliverables; wc -w < data/input.txt | tr -d " " > deliverables/n.txt; '
+        'echo DELIVERABLE: deliverables/n.txt >> "$OPTIO_LOG"; echo DONE >> "$OPTIO_LOG"'
+    )
+    out = tmp_path / "out"
+    ok = cli("session", *target.args, "--out", str(out), "--upload", str(kit / "data"),
+             "--upload", str(kit / "*.sh"), "--", "sh", "-c", script)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert (out / "n.txt").read_text() == "3\n"
+    no_glob, no_file = cli_many(
+        ["session", *target.args, "--upload", str(kit / "*.none"), "--", "true"],
+        ["session", *target.args, "--upload", str(kit / "absent"), "--", "true"],
+    )
+    assert no_glob.returncode == no_file.returncode == 1
+    assert_one_line_error(no_glob.stderr, "no file or folder matches")
+    assert_one_line_error(no_file.stderr, "no such file or folder")
+
+
+# ---------------------------------------------------------------- the argv and path rules, every way
+
+_HOST_OPTION_FORMS = st.sampled_from(
+    [["--ssh", "me@box"], ["--ssh=me@box:2222"], ["-p", "2200"], ["--port=2200"], ["-i", "key"],
+     ["--identity", "run"], ["--known-hosts", "kh"], ["--accept-new"], ["-q"], ["--quiet"]]
+)  # fmt: skip
+_REST = st.lists(st.sampled_from(["--", "echo", "-p", "--ssh", "x y", "run", "-q", ""]), max_size=6)
+
+
+@given(
+    before=st.lists(_HOST_OPTION_FORMS, max_size=4),
+    command=st.sampled_from(["run", "put", "get", "session", "tunnel", "demo"]),
+    rest=_REST,
+)
+def test_host_options_before_the_subcommand_move_after_it_unchanged(
+    before: list[list[str]], command: str, rest: list[str]
+) -> None:
+    moved = [arg for form in before for arg in form]
+    argv = [*moved, command, *rest]
+    hoisted = hoist_host_options(argv, {"run", "put", "get", "session", "tunnel", "demo"})
+    assert hoisted == [command, *moved, *rest]  # same words, same order, subcommand first
+
+
+@given(rest=_REST)
+def test_hoisting_leaves_argv_without_a_subcommand_alone(rest: list[str]) -> None:
+    argv = ["--version", *[arg for arg in rest if arg != "run"]]
+    assert hoist_host_options(argv, {"run"}) == argv
+
+
+class _HomeOnly:
+    """Just enough of a host for the path rule: its home folder."""
+
+    async def resolve_host_home(self) -> str:
+        return "/home/me"
+
+
+_SEGMENTS = st.lists(
+    st.sampled_from(["a", "b c", ".", "..", "~", "-x", "$HOME", "d\nn"]), min_size=1, max_size=5
+)
+
+
+@given(segments=_SEGMENTS, tilde=st.booleans(), trailing=st.booleans())
+def test_a_relative_remote_path_stays_relative_to_the_home(
+    segments: list[str], tilde: bool, trailing: bool
+) -> None:
+    typed = ("~/" if tilde else "") + "/".join(segments) + ("/" if trailing else "")
+    resolved = asyncio.run(host_path(_HomeOnly(), typed, local=False))  # type: ignore[arg-type]
+    rest = typed[2:] if typed.startswith("~/") else "" if typed == "~" else typed  # the rule, restated
+    lexical = posixpath.normpath(posixpath.join("/home/me", rest))
+    assert resolved == lexical
+    assert resolved.startswith("/")
+
+
+@given(segments=_SEGMENTS)
+def test_a_relative_local_path_is_relative_to_the_current_folder(segments: list[str]) -> None:
+    typed = "/".join(segments)
+    if typed.startswith("~"):
+        return  # the local home: os.path.expanduser's business
+    assert asyncio.run(host_path(_HomeOnly(), typed, local=True)) == os.path.abspath(typed)  # type: ignore[arg-type]

@@ -27,12 +27,24 @@ from rich.progress import (
 from optio_host._lines import LineSplitter, decode_line
 from optio_host._streams import ProgressCallback
 
-__all__ = ["SessionView", "human_rate", "is_live", "transfer_progress"]
+__all__ = ["SessionView", "human_rate", "is_live", "is_quiet", "set_quiet", "transfer_progress"]
+
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """``-q``: no bars, no progress or summary lines (errors and the worker's own output still show)."""
+    global _quiet
+    _quiet = quiet
+
+
+def is_quiet() -> bool:
+    return _quiet
 
 
 def is_live() -> bool:
-    """Whether stdout is a terminal that can show live bars."""
-    return sys.stdout.isatty() and os.environ.get("TERM", "") != "dumb"
+    """Whether stdout is a terminal that can show live bars (never with ``-q``)."""
+    return not _quiet and sys.stdout.isatty() and os.environ.get("TERM", "") != "dumb"
 
 
 def human_rate(size: int, seconds: float) -> str:
@@ -124,7 +136,7 @@ class SessionView:
                 self._progress.update(self._task, description=escape(_shorten(message, 50)))
                 shown = f"{self._percent:3.0f}%" if percent is not None else "    "
                 self._progress.console.print(f"[dim]{shown}[/dim] {escape(message)}")
-        elif message:
+        elif message and not _quiet:
             shown = f"{self._percent:3.0f}%" if percent is not None else "    "
             print(f"{shown} {message}", flush=True)
 
@@ -132,7 +144,7 @@ class SessionView:
         """One line of our own (a saved deliverable, an upload)."""
         if self._progress is not None:
             self._progress.console.print(f"[green]{escape(text)}[/green]")
-        else:
+        elif not _quiet:
             print(text, flush=True)
 
     def output(self, chunk: bytes, *, err: bool) -> None:

@@ -12,7 +12,16 @@ from typing import Any, TypeVar
 
 from optio_host.errors import HostCommandError, HostConnectionError, HostKeyUnknown, SessionFailed
 
-__all__ = ["EXIT_CONNECTION", "CliError", "Interrupt", "Interrupted", "fail", "run_async"]
+__all__ = [
+    "EXIT_CONNECTION",
+    "EXIT_TIMEOUT",
+    "CliError",
+    "Interrupt",
+    "Interrupted",
+    "fail",
+    "run_async",
+    "set_time_limit",
+]
 
 T = TypeVar("T")
 
@@ -21,6 +30,18 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 #: Like ssh: the host could not be reached, refused us, or the link dropped.
 EXIT_CONNECTION = 255
+
+#: Like GNU timeout(1): the time limit ran out and the work was stopped.
+EXIT_TIMEOUT = 124
+
+#: A limit on the whole command, in seconds (``session --timeout``); None: no limit.
+_time_limit: float | None = None
+
+
+def set_time_limit(seconds: float | None) -> None:
+    """Limit the next ``run_async``: past it, the work is cancelled (cleanly) and it exits 124."""
+    global _time_limit
+    _time_limit = seconds
 
 
 class CliError(Exception):
@@ -107,7 +128,15 @@ def run_async(main: Callable[[Interrupt], Coroutine[Any, Any, int]]) -> int:
         for signum in _STOP_SIGNALS:
             loop.add_signal_handler(signum, interrupt._fire, signum)
         try:
-            return await main(interrupt)
+            if _time_limit is None:
+                return await main(interrupt)
+            try:
+                async with asyncio.timeout(_time_limit):
+                    return await main(interrupt)
+            except TimeoutError:
+                raise CliError(
+                    f"timed out after {_time_limit:g} s; the work on the host was stopped", EXIT_TIMEOUT
+                ) from None
         finally:
             for signum in _STOP_SIGNALS:
                 loop.remove_signal_handler(signum)

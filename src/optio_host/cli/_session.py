@@ -15,6 +15,7 @@ import click
 from optio_host.cli._display import SessionView
 from optio_host.cli._runner import CliError, Interrupt, run_async
 from optio_host.cli._target import describe_target, env_option, host_options
+from optio_host.cli._tree import upload_into
 from optio_host.context import HookContext
 from optio_host.errors import SessionFailed
 from optio_host.host import make_host
@@ -56,9 +57,8 @@ DRAIN_GRACE = 3.0
     "--upload",
     "uploads",
     multiple=True,
-    metavar="FILE",
-    type=click.Path(dir_okay=False),
-    help="Copy FILE into the workdir before the worker starts (repeatable).",
+    metavar="PATH",
+    help="Copy a file, a folder or a quoted glob into the workdir before the worker starts (repeatable).",
 )
 @click.option(
     "--keep",
@@ -257,10 +257,7 @@ async def _session(
         ctx = _CliContext(view.progress)
         async with make_host(ssh=ssh_config) as host:
             saver.workdir = host.workdir
-            for path in options.uploads:
-                await interrupt.race(
-                    host.put_file_to_host(path, posixpath.join(host.workdir, os.path.basename(path)))
-                )
+            await interrupt.race(upload_into(host, options.uploads, host.workdir))
             try:
                 await interrupt.race(
                     run_log_protocol_session(

@@ -1,4 +1,9 @@
-"""Which host a command works on: ``--ssh USER@HOST[:PORT]``, ``-i KEY``, host-key options."""
+"""Which host a command works on: ``--ssh USER@HOST[:PORT]``, ``-p PORT``, ``-i KEY``, host-key options.
+
+Also ``-q/--quiet``, which every subcommand takes with them. The same options may
+come before the subcommand (``optio-host --ssh box run -- uname``):
+``hoist_host_options`` moves them after it.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,11 @@ from typing import Any
 
 import click
 
+from optio_host.cli._display import set_quiet
 from optio_host.quoting import is_env_name
 from optio_host.types import HOST_KEY_POLICY_ENV, SSHConfig
 
-__all__ = ["describe_target", "env_option", "host_options", "parse_ssh_target"]
+__all__ = ["describe_target", "env_option", "hoist_host_options", "host_options", "parse_ssh_target"]
 
 
 def parse_ssh_target(value: str) -> tuple[str, str, int]:
@@ -65,10 +71,12 @@ def describe_target(config: SSHConfig | None) -> str:
 
 
 def _ssh_config(
-    ssh: str | None, identity: str | None, known_hosts: str | None, accept_new: bool
+    ssh: str | None, port: int | None, identity: str | None, known_hosts: str | None, accept_new: bool
 ) -> SSHConfig | None:
     if ssh is None:
         given = [name for name, value in (("-i", identity), ("--known-hosts", known_hosts)) if value]
+        if port is not None:
+            given.insert(0, "-p")
         if accept_new:
             given.append("--accept-new")
         if given:
@@ -77,14 +85,18 @@ def _ssh_config(
     if identity and not os.path.isfile(os.path.expanduser(identity)):
         raise MissingFile(f"identity file not found: {identity}")
     try:
-        user, host, port = parse_ssh_target(ssh)
+        user, host, parsed_port = parse_ssh_target(ssh)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--ssh'") from None
+    if port is not None:
+        if parsed_port != 22 and parsed_port != port:
+            raise click.UsageError(f"two ports: --ssh {ssh} and -p {port}; give one")
+        parsed_port = port
     return SSHConfig(
         host=host,
         user=user,
         key_path=os.path.expanduser(identity) if identity else "",
-        port=port,
+        port=parsed_port,
         # None leaves the choice to OPTIO_HOST_KEY_POLICY (else strict), as SSHConfig documents.
         host_key_policy="accept-new" if accept_new else None,
         known_hosts=os.path.expanduser(known_hosts) if known_hosts else None,
@@ -92,24 +104,34 @@ def _ssh_config(
 
 
 def host_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add ``--ssh``, ``-i``, ``--known-hosts`` and ``--accept-new``; pass ``ssh_config`` instead."""
+    """Add the host options and ``-q``; the command receives ``ssh_config`` instead of them."""
 
     @functools.wraps(func)
     def wrapper(
         *args: Any,
         ssh: str | None,
+        port: int | None,
         identity: str | None,
         known_hosts: str | None,
         accept_new: bool,
+        quiet: bool,
         **kwargs: Any,
     ) -> Any:
-        return func(*args, ssh_config=_ssh_config(ssh, identity, known_hosts, accept_new), **kwargs)
+        set_quiet(quiet)
+        return func(*args, ssh_config=_ssh_config(ssh, port, identity, known_hosts, accept_new), **kwargs)
 
     options = [
         click.option(
             "--ssh",
             metavar="USER@HOST[:PORT]",
             help="Work on this host over SSH (a ~/.ssh/config alias works too). Default: this machine.",
+        ),
+        click.option(
+            "-p",
+            "--port",
+            type=click.IntRange(1, 65535),
+            metavar="PORT",
+            help="SSH port (like ssh -p); the same as USER@HOST:PORT.",
         ),
         click.option(
             "-i",
@@ -129,6 +151,9 @@ def host_options(func: Callable[..., Any]) -> Callable[..., Any]:
             is_flag=True,
             help=f"Trust and record a host key seen for the first time (a changed key is still "
             f"refused). Or set {HOST_KEY_POLICY_ENV}=accept-new.",
+        ),
+        click.option(
+            "-q", "--quiet", is_flag=True, help="No progress and no summary lines; errors still go to stderr."
         ),
     ]
     for option in reversed(options):
@@ -154,3 +179,43 @@ env_option = click.option(
     callback=_parse_env,
     help="Set an environment variable for the command (repeatable).",
 )
+
+
+#: The host options as they may appear before a subcommand: name -> whether a value follows.
+_HOISTABLE = {
+    "--ssh": True,
+    "-p": True,
+    "--port": True,
+    "-i": True,
+    "--identity": True,
+    "--known-hosts": True,
+    "--accept-new": False,
+    "-q": False,
+    "--quiet": False,
+}
+
+
+def hoist_host_options(argv: list[str], subcommands: set[str]) -> list[str]:
+    """Move host options given before the subcommand to just after it (ssh habit: options first).
+
+    ``--ssh box run -- uname`` becomes ``run --ssh box -- uname``. Anything else
+    before the subcommand (``--help``, ``--version``, an unknown option) stays put.
+    """
+    moved: list[str] = []
+    kept: list[str] = []
+    index = 0
+    while index < len(argv) and argv[index] not in subcommands and argv[index] != "--":
+        arg = argv[index]
+        name = arg.split("=", 1)[0] if arg.startswith("--") else arg
+        takes_value = _HOISTABLE.get(name)
+        if takes_value is None:
+            kept.append(arg)
+        elif takes_value and "=" not in arg and index + 1 < len(argv):
+            moved += [arg, argv[index + 1]]
+            index += 1
+        else:
+            moved.append(arg)
+        index += 1
+    if index == len(argv) or argv[index] == "--" or not moved:
+        return argv  # no subcommand to move them to: let click explain
+    return [*kept, argv[index], *moved, *argv[index + 1 :]]

@@ -468,13 +468,16 @@ class BaseHost(ABC):
         expected_sha256: str | None = None,
         skip_if_unchanged: bool = False,
         progress_cb: ProgressCallback | None = None,
-    ) -> None:
+    ) -> bool:
         """Upload ``source`` to ``absolute_target`` atomically (temporary name, then rename).
 
         With ``expected_sha256`` the written bytes are verified and a mismatch
         raises ``ValueError`` leaving no target. With ``skip_if_unchanged`` a
         target whose SHA-256 already matches is left alone and
         ``progress_cb(None, "already up to date")`` is called.
+
+        Returns ``True`` when the target was written, ``False`` when it was left
+        alone because it was already up to date (0.1.2 returned ``None``).
         """
         target = self._resolve(absolute_target, what="upload target")
         src = _source(source)
@@ -489,7 +492,7 @@ class BaseHost(ABC):
             if await self.file_sha256(target) == wanted:
                 if progress_cb is not None:
                     progress_cb(None, "already up to date")
-                return
+                return False
         tap = Sha256Tap(src.size, progress_cb) if expected else _CountTap(src.size, progress_cb)
 
         def verify() -> None:
@@ -502,6 +505,7 @@ class BaseHost(ABC):
                 )
 
         await self._write_file_atomic(target, tap.tap(src.open()), mode=src.mode, before_commit=verify)
+        return True
 
     async def open_regular_file(self, path: str, *, under: str) -> tuple[int, AsyncIterator[bytes]]:
         """Open ``path`` on the host, then verify what was opened; return its size and bytes.

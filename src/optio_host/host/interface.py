@@ -88,7 +88,9 @@ class Host(Protocol):
         expected_sha256: str | None = None,
         skip_if_unchanged: bool = False,
         progress_cb: ProgressCallback | None = None,
-    ) -> None: ...
+    ) -> bool | None:
+        """``True`` if written, ``False`` if skipped as up to date (``None``: a 0.1.2-style host)."""
+        ...
 
     async def fetch_bytes_from_host(
         self, absolute_path: str, *, progress_cb: ProgressCallback | None = None

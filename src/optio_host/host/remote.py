@@ -268,13 +268,15 @@ class RemoteHost(BaseHost):
         else:
             await self._sh('rm -rf -- "$1"', taskdir)
 
-    async def establish_tunnel(self, remote_port: int, *, bind_addr: str = "127.0.0.1") -> int:
-        """Forward ``bind_addr``:<ephemeral> here to ``127.0.0.1:remote_port`` on the host."""
+    async def establish_tunnel(
+        self, remote_port: int, *, bind_addr: str = "127.0.0.1", local_port: int = 0
+    ) -> int:
+        """Forward ``bind_addr``:``local_port`` here (0: a free one) to ``127.0.0.1:remote_port`` there."""
         if not isinstance(remote_port, int) or not 0 < remote_port < 65536:
             raise ValueError(f"remote_port must be 1-65535, got {remote_port!r}")
         link = self._connected_pool.primary
         with translate_errors(self.ssh_config, f"forwarding to port {remote_port}"):
-            listener = await link.conn.forward_local_port(bind_addr, 0, "127.0.0.1", remote_port)
+            listener = await link.conn.forward_local_port(bind_addr, local_port, "127.0.0.1", remote_port)
         self._listeners.append(listener)
         return int(listener.get_port())
 

@@ -8,25 +8,86 @@ Fixtures:
 - ``local_host`` / ``remote_host``: connected hosts with a fresh taskdir and a
   ready workdir, disconnected afterwards.
 - ``host``: parametrised over both (ids ``local`` and ``remote``).
+
+No configuration needed: an ``async def`` test that takes one of these fixtures
+as an argument is marked ``asyncio`` here, so it runs without
+``asyncio_mode = auto``. ``-p optio_host.testing`` loads the plugin where
+plugin autoloading is off. Run as root, the remote fixtures log in as a
+dedicated account (see ``optio_host.testing.sshd``); the run's header says so.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
-import pytest_asyncio
 
 from optio_host.host.local import LocalHost
 from optio_host.host.remote import RemoteHost
-from optio_host.testing.sshd import SshdUnavailable, SshServer
+from optio_host.testing.sshd import SshdUnavailable, SshServer, account_note
 
 __all__ = ["host", "local_host", "optio_sshd", "remote_host", "sshd_required"]
 
 _task_numbers = itertools.count()
+
+if TYPE_CHECKING:
+    import pytest_asyncio
+    from pytest_asyncio import fixture as _async_fixture
+else:
+    try:
+        import pytest_asyncio
+
+        _async_fixture = pytest_asyncio.fixture
+    except ImportError:  # this plugin loads in every pytest run once optio-host is installed: never break it
+
+        def _async_fixture(func: Any = None, **kwargs: Any) -> Any:
+            """Without pytest-asyncio, the host fixtures exist but fail with what to install."""
+
+            def wrap(async_func: Any) -> Any:
+                @pytest.fixture(name=async_func.__name__, **kwargs)
+                def missing(request: pytest.FixtureRequest) -> None:
+                    pytest.fail(
+                        f"{async_func.__name__}: optio-host's host fixtures need pytest-asyncio "
+                        "(pip install pytest-asyncio)"
+                    )
+
+                return missing
+
+            return wrap(func) if func is not None else wrap
+
+        pytest_asyncio = None
+
+#: The fixtures that make an ``async def`` test an asyncio test by themselves.
+_HOST_FIXTURES = frozenset({"host", "local_host", "remote_host", "optio_sshd"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Module | pytest.Class, name: str, obj: Any) -> None:
+    """Mark ``async def`` tests that take our fixtures ``asyncio`` (no ``asyncio_mode = auto`` needed).
+
+    Runs before pytest-asyncio looks at the test, so its strict mode sees the mark.
+    """
+    if pytest_asyncio is None or not inspect.iscoroutinefunction(obj) or not collector.funcnamefilter(name):
+        return
+    if any(mark.name == "asyncio" for mark in getattr(obj, "pytestmark", [])):
+        return
+    try:
+        parameters = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return
+    if _HOST_FIXTURES.intersection(parameters):
+        pytest.mark.asyncio(obj)
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Say which account the remote fixtures log in as when that is not the current user."""
+    return account_note()
+
 
 #: How long a test's command channels get to close after it ended, before they count as leaked.
 CHANNEL_CLOSE_WAIT = 5.0
@@ -86,7 +147,7 @@ def _fresh_taskdir(base: Path | str) -> str:
     return os.path.join(str(base), f"task-{next(_task_numbers)}")
 
 
-@pytest_asyncio.fixture
+@_async_fixture
 async def local_host(tmp_path: Path) -> AsyncIterator[LocalHost]:
     """A connected ``LocalHost`` with a fresh taskdir and workdir."""
     host = LocalHost(_fresh_taskdir(tmp_path))
@@ -105,7 +166,7 @@ async def _remote(server: SshServer) -> RemoteHost:
     return host
 
 
-@pytest_asyncio.fixture
+@_async_fixture
 async def remote_host(request: pytest.FixtureRequest, optio_sshd: SshServer) -> AsyncIterator[RemoteHost]:
     """A connected ``RemoteHost`` (to ``optio_sshd``) with a fresh taskdir and workdir."""
     host = await _remote(optio_sshd)
@@ -115,7 +176,7 @@ async def remote_host(request: pytest.FixtureRequest, optio_sshd: SshServer) -> 
         await _release(request, host)
 
 
-@pytest_asyncio.fixture(params=["local", "remote"])
+@_async_fixture(params=["local", "remote"])
 async def host(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LocalHost | RemoteHost]:
     """Each test using it runs once on a ``LocalHost`` and once on a ``RemoteHost``."""
     made: LocalHost | RemoteHost

@@ -5,9 +5,11 @@ authorized key, listens on ``127.0.0.1`` on a free port, and can be stopped,
 restarted, or restarted with a new host key.
 
 Which account it logs in as: when run as root it uses a dedicated account
-(``optio-sshd-test``, shell ``/bin/sh``) so that no heavy ``~/.bashrc`` is
-sourced per command (bash sources it for every SSH command); otherwise the
-current user.
+(``optio-sshd-test``, shell ``/bin/sh``, home ``/var/lib/optio-sshd-test``),
+creating it with ``useradd`` the first time, so that no heavy ``~/.bashrc`` is
+sourced per command (bash sources it for every SSH command) and tests do not
+run as root; otherwise the current user. ``OPTIO_HOST_SSHD_USER=NAME`` picks an
+existing account instead (``root`` included), and then nothing is created.
 """
 
 from __future__ import annotations
@@ -20,15 +22,18 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 
 from optio_host.types import SSHConfig
 
-__all__ = ["SshServer", "SshdUnavailable", "find_sshd"]
+__all__ = ["ACCOUNT_ENV", "TEST_ACCOUNT", "SshServer", "SshdUnavailable", "account_note", "find_sshd"]
 
 TEST_ACCOUNT = "optio-sshd-test"
+#: Names an existing account to log in as instead of creating ``TEST_ACCOUNT`` (the opt-out).
+ACCOUNT_ENV = "OPTIO_HOST_SSHD_USER"
 _START_TIMEOUT = 15.0
 
 
@@ -58,6 +63,31 @@ def _keygen(path: str, comment: str) -> None:
     )
 
 
+def account_note() -> str | None:
+    """One line saying which account the server logs in as, when that is not the current user."""
+    chosen = os.environ.get(ACCOUNT_ENV)
+    if chosen:
+        return f"optio-host testing: sshd logs in as {chosen!r} ({ACCOUNT_ENV})"
+    if os.geteuid() != 0:
+        return None
+    return (
+        f"optio-host testing: running as root, so sshd logs in as the account {TEST_ACCOUNT!r} "
+        f"(created with useradd if missing; {ACCOUNT_ENV}=NAME uses an existing account instead)"
+    )
+
+
+def _default_user() -> str:
+    """The account to log in as: ``$OPTIO_HOST_SSHD_USER``, else the test account (root), else ours."""
+    chosen = os.environ.get(ACCOUNT_ENV)
+    if chosen:
+        try:
+            pwd.getpwnam(chosen)
+        except KeyError:
+            raise SshdUnavailable(f"{ACCOUNT_ENV}={chosen}: no such account on this machine") from None
+        return chosen
+    return _ensure_test_account() if os.geteuid() == 0 else getpass.getuser()
+
+
 def _ensure_test_account() -> str:
     """Create (once) a plain-shell account for the server to log in as; needs root."""
     try:
@@ -75,6 +105,11 @@ def _ensure_test_account() -> str:
                 TEST_ACCOUNT,
             ],
             check=True,
+        )
+        print(
+            f"optio-host testing: created the account {TEST_ACCOUNT!r} for the test sshd to log in as "
+            f"(remove it with: userdel -r {TEST_ACCOUNT}; {ACCOUNT_ENV}=NAME uses an existing one)",
+            file=sys.stderr,
         )
     # A locked account ("!" password) refuses even key logins when PAM is off.
     subprocess.run(["usermod", "-p", "*", TEST_ACCOUNT], check=True)
@@ -144,7 +179,7 @@ class SshServer:
         self.directory = directory or tempfile.mkdtemp(prefix="optio-sshd-")
         os.chmod(self.directory, 0o755)
         if user is None:
-            user = _ensure_test_account() if os.geteuid() == 0 else getpass.getuser()
+            user = _default_user()
         entry = pwd.getpwnam(user)
         self.account = _Account(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
         self.user = entry.pw_name
