@@ -69,21 +69,23 @@ async def restore_workdir(
 ) -> None:
     """Replace the workdir with the archive (see the module docstring); ``ValueError`` if refused."""
     workdir = host.workdir.rstrip("/")
-    staging = temp_name_for(workdir)
-    await host._sh('umask 077 && mkdir -p -- "$2" && mkdir -- "$1"', staging, posixpath.dirname(workdir))
-    committed = False
+    staging, aside = temp_name_for(workdir), temp_name_for(workdir)
+    leftovers = [staging]  # removed at the end, whatever happens (aside: once it holds the old workdir)
     try:
+        await host._sh('umask 077 && mkdir -p -- "$2" && mkdir -- "$1"', staging, posixpath.dirname(workdir))
         archive = CheckedArchive(stream, max_bytes=max_bytes, max_members=max_members)
         await _unpack(host, archive, staging)
         if archive.checker.needs_mode_fix:
             await host.run(FIX_MODES, cwd=staging, check=True)
-        aside = temp_name_for(workdir)
-        await _uncancellable(host._sh(scripts.RESTORE_COMMIT, staging, workdir, aside))
-        committed = True
-        await host._sh('rm -rf -- "$1"', aside, check=False)
+        commit = asyncio.ensure_future(host._sh(scripts.RESTORE_COMMIT, staging, workdir, aside))
+        try:
+            await _uncancellable(commit)
+        finally:
+            if commit.done() and not commit.cancelled() and commit.exception() is None:
+                leftovers.append(aside)
     finally:
-        if not committed and host._is_open():
-            await asyncio.shield(host._sh('rm -rf -- "$1"', staging, check=False))
+        if host._is_open():
+            await _uncancellable(host._sh('rm -rf -- "$@"', *leftovers, check=False))
 
 
 async def _unpack(host: RemoteHost, archive: CheckedArchive, staging: str) -> None:

@@ -111,13 +111,14 @@ if command -v pigz >/dev/null 2>&1; then _optio_gz=pigz; else _optio_gz=gzip; fi
 """
 
 # Unpack a checked gzip'd tar from stdin into the (new, empty) folder $1, with tar options $2...
-# The last line says how the inflater and tar ended: "optio-restore: z<status> t<status>".
+# The last line says how the inflater and tar ended: "optio-restore: z<status> t<status>". tar
+# stops reading at the end marker: cat drains what follows, so gzip still checks its trailer.
 RESTORE = r"""cd -- "$1" || exit 2
 shift
 if command -v pigz >/dev/null 2>&1; then _optio_gz=pigz; else _optio_gz=gzip; fi
 exec 3>&1
 _optio_codes=$( { { "$_optio_gz" -dc; echo "z$?" >&4; } |
-  { tar -x -f - "$@" >&3 2>&3; echo "t$?" >&4; }; } 4>&1 )
+  { tar -x -f - "$@" >&3 2>&3; echo "t$?" >&4; cat >/dev/null; }; } 4>&1 )
 echo "optio-restore:" $_optio_codes
 """
 
