@@ -32,7 +32,9 @@ def tar_bytes(build: Build, *, compress: bool = True) -> bytes:
     return gzip.compress(raw, 1) if compress else raw
 
 
-def add(tar: tarfile.TarFile, name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", **fields: object) -> None:
+def add(
+    tar: tarfile.TarFile, name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", **fields: object
+) -> None:
     info = tarfile.TarInfo(name)
     info.type = kind
     if kind == tarfile.REGTYPE:
@@ -54,11 +56,28 @@ async def outside_state(host: Host) -> dict[str, str]:
     """What a restore must never change: the taskdir's parent, except the workdir's own contents."""
     parent = os.path.dirname(host.taskdir)
     state = await host.run(  # (a folder's time changes when a staging folder comes and goes)
-        ["find", parent, "-path", f"{host.workdir}/*", "-prune", "-o", "-type", "d", "-printf", "%p\\td %m\\n",
-         "-o", "-printf", "%p\\t%y %m %T@ %s %l\\n"],
+        [
+            "find",
+            parent,
+            "-path",
+            f"{host.workdir}/*",
+            "-prune",
+            "-o",
+            "-type",
+            "d",
+            "-printf",
+            "%p\\td %m\\n",
+            "-o",
+            "-printf",
+            "%p\\t%y %m %T@ %s %l\\n",
+        ],
         cwd="/",
     )
-    lines = [line for line in state.stdout.splitlines() if not os.path.basename(line.split("\t")[0]).startswith(".")]
+    lines = [
+        line
+        for line in state.stdout.splitlines()
+        if not os.path.basename(line.split("\t")[0]).startswith(".")
+    ]
     return dict(line.split("\t", 1) for line in lines if line)
 
 
@@ -67,7 +86,9 @@ async def prepare(host: Host) -> tuple[dict[str, str], dict[str, str]]:
     await host.write_text("old/keep.txt", "old content")
     await host.write_text("top.txt", "top")
     outside = os.path.join(os.path.dirname(host.taskdir), "outside.txt")
-    await host.run(["sh", "-c", 'echo secret > "$1" && chmod 600 "$1" && touch -d @1000000 "$1"', "sh", outside])
+    await host.run(
+        ["sh", "-c", 'echo secret > "$1" && chmod 600 "$1" && touch -d @1000000 "$1"', "sh", outside]
+    )
     return await listing(host), await outside_state(host)
 
 
@@ -190,10 +211,12 @@ async def test_0_1_2_and_tar_czf_archives_restore(host: Host, tmp_path: os.PathL
     proc = await asyncio.create_subprocess_exec("tar", "czf", czf, "-C", source, ".")
     assert await proc.wait() == 0
     old_style = io.BytesIO()  # 0.1.2: Python tarfile, PAX format, members named "a.txt", "d", "d/b.txt"
-    with gzip.GzipFile(fileobj=old_style, mode="wb", compresslevel=1, mtime=0) as gz:
-        with tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for name in ("a.txt", "d", "d/b.txt", "link"):
-                tar.add(os.path.join(source, name), arcname=name, recursive=False)
+    with (
+        gzip.GzipFile(fileobj=old_style, mode="wb", compresslevel=1, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for name in ("a.txt", "d", "d/b.txt", "link"):
+            tar.add(os.path.join(source, name), arcname=name, recursive=False)
     with open(czf, "rb") as handle:
         archives = [handle.read(), old_style.getvalue()]
     for archive in archives:
@@ -212,7 +235,9 @@ async def test_bounds_on_expanded_size_and_member_count(host: Host) -> None:
     with pytest.raises(ValueError, match="max_members"):
         await host.restore_workdir(from_list([many]), max_members=20)
     with pytest.raises(ValueError, match="max_bytes"):
-        await host.restore_workdir(from_list([tar_bytes(lambda t: add(t, "z", data=bytes(1 << 20)))]), max_bytes=1 << 19)
+        await host.restore_workdir(
+            from_list([tar_bytes(lambda t: add(t, "z", data=bytes(1 << 20)))]), max_bytes=1 << 19
+        )
     assert await listing(host) == before
 
 
@@ -291,7 +316,9 @@ async def test_cancelled_restore_leaves_old_or_new_complete(host: Host) -> None:
     assert len(after) == 601
     outcomes = set()
     for fraction in (0.05, 0.3, 0.6, 0.85, 0.95, 0.99, 1.05):
-        await host.restore_workdir(from_list([tar_bytes(lambda t: add(t, "old/keep.txt", data=b"old content"))]))
+        await host.restore_workdir(
+            from_list([tar_bytes(lambda t: add(t, "old/keep.txt", data=b"old content"))])
+        )
         previous = await listing(host)
         task = asyncio.ensure_future(host.restore_workdir(paced()))
         await asyncio.sleep(whole * fraction)
