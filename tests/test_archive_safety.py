@@ -332,3 +332,20 @@ async def test_cancelled_restore_leaves_old_or_new_complete(host: Host) -> None:
         assert leftovers.stdout.split() == ["workdir"]
     assert "old" in outcomes
     assert before  # the first old workdir had content: the swap replaced a real folder
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT], ids=["gnu", "pax"])
+async def test_long_names_and_link_targets_restore(host: Host, fmt: int) -> None:
+    deep = "/".join(["segment-%02d-" % i + "x" * 20 for i in range(8)])  # ~240 characters
+
+    def build(tar: tarfile.TarFile) -> None:
+        add(tar, f"{deep}/file.txt", data=b"deep")
+        add(tar, "short", tarfile.SYMTYPE, linkname=f"{deep}/file.txt")
+        add(tar, f"{deep}/hard.txt", tarfile.LNKTYPE, linkname=f"{deep}/file.txt")
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as tar:
+        build(tar)
+    await host.restore_workdir(from_list([gzip.compress(buffer.getvalue(), 1)]))
+    for name in ("short", f"{deep}/hard.txt"):
+        assert await host.fetch_bytes_from_host(f"{host.workdir}/{name}") == b"deep"

@@ -323,6 +323,7 @@ class TarChecker:
         if name is None:
             if kind != _DIR:
                 raise _refuse(f"{what} names the destination itself but is not a folder")
+            self.needs_mode_fix |= bool(mode & 0o7000) or mode & 0o700 != 0o700
             return
         if kind in _REGULAR:
             if raw.endswith("/"):
