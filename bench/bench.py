@@ -620,7 +620,9 @@ def main() -> None:
         "--runs", type=int, default=5, help="interleaved runs per transfer figure (default 5)"
     )
     parser.add_argument(
-        "--only", nargs="+", default=["transfers", "memory", "latency", "concurrency", "tail", "protocol", "snapshots"]
+        "--only",
+        nargs="+",
+        default=["transfers", "memory", "latency", "concurrency", "tail", "protocol", "snapshots"],
     )
     parser.add_argument("--write", metavar="FILE", help="also write the table as markdown to FILE")
     args = parser.parse_args()

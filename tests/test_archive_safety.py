@@ -336,7 +336,7 @@ async def test_cancelled_restore_leaves_old_or_new_complete(host: Host) -> None:
 
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT], ids=["gnu", "pax"])
 async def test_long_names_and_link_targets_restore(host: Host, fmt: int) -> None:
-    deep = "/".join(["segment-%02d-" % i + "x" * 20 for i in range(8)])  # ~240 characters
+    deep = "/".join([f"segment-{i:02d}-" + "x" * 20 for i in range(8)])  # ~240 characters
 
     def build(tar: tarfile.TarFile) -> None:
         add(tar, f"{deep}/file.txt", data=b"deep")
