@@ -102,7 +102,7 @@ async def main(args: argparse.Namespace) -> None:
         ssh_key = lab.sshd.key_path
         print(f"{args.rtt_ms} ms RTT (user-space relay), {args.size_mib} MiB of random bytes", flush=True)
         async with RemoteHost(config, f"{lab.sshd.scratch}/task") as host:
-            await host.run(["true"])
+            await host.setup_workdir()
             rows = {
                 "put, ours": lambda: host.put_file_to_host(source, remote),
                 "put, sftp": lambda: sftp(port, known_hosts, ssh_key, user_at, f"put {source} {remote}"),

@@ -174,10 +174,10 @@ async def _archive_rows(
     for codec, target in (("gzip", True), ("pigz", False)):
         anchor = f"cd '{workdir}' && tar -cf - . | {codec} -1"
         ours, theirs = await _pair(lambda: _drain(local), _sh(anchor), runs, _nothing)
-        _row(add, f"archive {label}, local vs tar | {codec} -1", size, ours, theirs, target)
+        _row(add, f"archive {label}, local vs `tar -cf - . \\| {codec} -1`", size, ours, theirs, target)
         remote_anchor = f"{ssh} \"cd '{workdir}' && tar -cf - . | {codec} -1\""
         ours, theirs = await _pair(lambda: _drain(remote), _sh(remote_anchor), runs, _nothing)
-        _row(add, f"archive {label}, remote vs ssh tar | {codec} -1", size, ours, theirs, target)
+        _row(add, f"archive {label}, remote vs the same through `ssh` ({codec})", size, ours, theirs, target)
 
 
 async def _restore_rows(
@@ -207,7 +207,7 @@ async def _restore_rows(
                 runs,
                 reset,
             )
-            _row(add, f"restore {label}, local vs {codec} -dc | tar -x", size, ours, theirs, target)
+            _row(add, f"restore {label}, local vs `{codec} -dc \\| tar -xf -`", size, ours, theirs, target)
             remote_anchor = f"{ssh} \"cd '{anchor_dir}' && {codec} -dc | tar -xf -\""
             ours, theirs = await _pair(
                 lambda: remote.restore_workdir(iter_local_file(archive)),
@@ -215,4 +215,11 @@ async def _restore_rows(
                 runs,
                 reset,
             )
-            _row(add, f"restore {label}, remote vs ssh {codec} -dc | tar -x", size, ours, theirs, target)
+            _row(
+                add,
+                f"restore {label}, remote vs the same through `ssh` ({codec})",
+                size,
+                ours,
+                theirs,
+                target,
+            )

@@ -68,6 +68,10 @@ _PREFERRED_CIPHERS = (
     "aes192-ctr",
     "aes256-ctr",
 )
+#: Receive window per channel (asyncssh's default is 2 MiB). Downloads are capped at window / RTT:
+#: 2 MiB gave 17 MiB/s at 50 ms; 8 MiB lets one stream pass 100+ MiB/s there. (Memory: a slow
+#: reader may hold about two windows per stream.)
+_WINDOW = 8 * 1024 * 1024
 
 
 def describe(config: SSHConfig) -> str:
@@ -434,7 +438,7 @@ class SessionPool:
         while True:
             with translate_errors(self._config, what):
                 try:
-                    return await link.conn.create_process(command, encoding=None)
+                    return await link.conn.create_process(command, encoding=None, window=_WINDOW)
                 except asyncssh.ChannelOpenError as exc:
                     if exc.code not in _RETRYABLE_OPEN_CODES or self._is_dead(link):
                         raise
