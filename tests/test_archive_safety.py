@@ -47,9 +47,9 @@ def add(
 async def listing(host: Host, folder: str | None = None) -> dict[str, str]:
     """Every path under ``folder`` (default: the workdir) with its type, mode, size and link target."""
     result = await host.run(
-        ["find", ".", "-mindepth", "1", "-printf", "%P\\t%y %m %s %l\\n"], cwd=folder or host.workdir
+        ["find", ".", "-mindepth", "1", "-printf", "%P\\t%y %m %s %l\\0"], cwd=folder or host.workdir
     )
-    return dict(line.split("\t", 1) for line in result.stdout.splitlines() if line)
+    return dict(line.split("\t", 1) for line in result.stdout.split("\0") if line)
 
 
 async def outside_state(host: Host) -> dict[str, str]:
@@ -66,17 +66,15 @@ async def outside_state(host: Host) -> dict[str, str]:
             "-type",
             "d",
             "-printf",
-            "%p\\td %m\\n",
+            "%p\\td %m\\0",
             "-o",
             "-printf",
-            "%p\\t%y %m %T@ %s %l\\n",
+            "%p\\t%y %m %T@ %s %l\\0",
         ],
         cwd="/",
     )
     lines = [
-        line
-        for line in state.stdout.splitlines()
-        if not os.path.basename(line.split("\t")[0]).startswith(".")
+        line for line in state.stdout.split("\0") if not os.path.basename(line.split("\t")[0]).startswith(".")
     ]
     return dict(line.split("\t", 1) for line in lines if line)
 
@@ -86,9 +84,9 @@ async def prepare(host: Host) -> tuple[dict[str, str], dict[str, str]]:
     await host.write_text("old/keep.txt", "old content")
     await host.write_text("top.txt", "top")
     outside = os.path.join(os.path.dirname(host.taskdir), "outside.txt")
-    await host.run(
-        ["sh", "-c", 'echo secret > "$1" && chmod 600 "$1" && touch -d @1000000 "$1"', "sh", outside]
-    )
+    odd = os.path.join(os.path.dirname(host.taskdir), "odd\nname.txt")  # (other tests leave such names)
+    script = 'echo secret > "$1" && chmod 600 "$1" && touch -d @1000000 "$1" && touch "$2"'
+    await host.run(["sh", "-c", script, "sh", outside, odd])
     return await listing(host), await outside_state(host)
 
 
