@@ -33,6 +33,9 @@ from optio_host import LocalHost, RemoteHost
 from optio_host.testing.context import RecordingContext
 from optio_host.testing.sshd import SshServer
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from snapshots import bench_snapshots  # (the bench folder is not a package)
+
 MIB = 1024 * 1024
 GCM = "aes128-gcm@openssh.com"
 
@@ -603,6 +606,8 @@ async def run(args: argparse.Namespace, server: SshServer, scratch: str) -> None
         await bench_tail(100 if args.quick else 1000)
     if "protocol" in args.only:
         await bench_protocols(server, 10_000 if args.quick else 100_000)
+    if "snapshots" in args.only:
+        await bench_snapshots(server, 0.05 if args.quick else 1.0, 2 if args.quick else 3, add)
 
 
 def main() -> None:
@@ -615,7 +620,9 @@ def main() -> None:
         "--runs", type=int, default=5, help="interleaved runs per transfer figure (default 5)"
     )
     parser.add_argument(
-        "--only", nargs="+", default=["transfers", "memory", "latency", "concurrency", "tail", "protocol"]
+        "--only",
+        nargs="+",
+        default=["transfers", "memory", "latency", "concurrency", "tail", "protocol", "snapshots"],
     )
     parser.add_argument("--write", metavar="FILE", help="also write the table as markdown to FILE")
     args = parser.parse_args()

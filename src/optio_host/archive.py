@@ -1,30 +1,35 @@
-"""Workdir archives: a gzip'd tar of a folder, streamed in chunks both ways.
+"""Workdir archives: a gzip'd tar of a folder, streamed in chunks both ways, at ``tar`` speed.
 
-Exclude patterns are shell globs; a pattern excludes a path when it matches
-any one segment of the path relative to the root, or the whole relative path.
-An excluded folder is not descended into.
+Archiving runs ``find | tar | pigz -1`` (``gzip -1`` without pigz): the same
+script on both hosts. Exclude patterns are shell globs; a pattern excludes a
+path when it matches any one segment of the path relative to the root, or the
+whole relative path. An excluded folder is not descended into. Only regular
+files, folders and symbolic links are archived.
 
-Unpacking is defensive: members that are absolute, contain ``..``, are device
-files, or are links leading outside the destination make the whole archive
-refused with ``ValueError``. Unpacking happens in a staging folder beside the
-destination, so a refused archive leaves the destination as it was.
+Restoring treats the archive as hostile. It is inflated here with ``zlib`` and
+its tar headers are checked as they stream past (``optio_host._targuard``);
+only bytes whose headers passed reach the host's ``tar -x``, which unpacks
+into a fresh staging folder beside the destination. Once the gzip CRC and the
+tar end marker have been verified, one swap of whole folders puts the new
+content in place: a refused, broken or cancelled restore leaves the old one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gzip
+import contextlib
+import fcntl
 import os
-import posixpath
-import secrets
 import shutil
-import stat
-import tarfile
+import subprocess
+import tempfile
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from fnmatch import fnmatchcase
-from typing import IO, Any
 
-from optio_host._streams import CHUNK_SIZE, BlockingReader, iter_from_thread, run_in_thread
+from optio_host._streams import CHUNK_SIZE, BlockingReader, StreamClosed, iter_from_thread, run_in_thread
+from optio_host._targuard import Gunzip, TarChecker
+from optio_host.paths import temp_name_for
 
 __all__ = [
     "DEFAULT_WORKDIR_EXCLUDES",
@@ -32,14 +37,25 @@ __all__ = [
     "find_prune_expression",
     "is_excluded",
     "resolve_excludes",
-    "sanitize_archive",
+    "TAR_EXTRACT_OPTIONS",
+    "CheckedArchive",
     "yield_workdir_archive",
 ]
 
 DEFAULT_WORKDIR_EXCLUDES = [".git", "node_modules", "__pycache__", ".venv", "*.pyc", ".DS_Store"]
 
-#: gzip level 1: archives of multi-GiB workdirs are limited by compression speed.
-_GZIP_LEVEL = 1
+#: Restore bounds (defaults of ``consume_workdir_archive``/``restore_workdir``): generous for a
+#: workdir, but a zip bomb or a flood of empty members stops there.
+DEFAULT_MAX_BYTES = 256 * 1024**3
+DEFAULT_MAX_MEMBERS = 10_000_000
+#: How the host's ``tar`` unpacks a checked stream (after ``-x -f -``): never as the archive's
+#: owner, never with its set-id bits; the checker has already refused everything unsafe.
+TAR_EXTRACT_OPTIONS = ["--no-same-owner", "--no-same-permissions", "--warning=no-timestamp"]
+#: Run in the staging folder when some member's mode would leave a file the owner cannot read
+#: or write (or a folder it cannot enter), or carries set-id/sticky bits. (-R skips symlinks.)
+FIX_MODES = ["chmod", "-R", "u+rwX,ugo-st", "--", "."]
+#: Bigger pipe buffers for tar's pipes: fewer wake-ups per MiB (Linux; ignored elsewhere).
+_PIPE_SIZE = 1024 * 1024
 
 
 def resolve_excludes(exclude: Sequence[str] | None) -> list[str]:
@@ -80,57 +96,16 @@ def find_prune_expression(patterns: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------- writing
 
 
-def _write_tree(root: str, patterns: Sequence[str], out: IO[bytes]) -> None:
-    with (
-        gzip.GzipFile(fileobj=out, mode="wb", compresslevel=_GZIP_LEVEL, mtime=0) as gz,
-        tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        _add_children(tar, root, "", patterns)
+def _widen_pipe(fd: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
 
 
-def _add_children(tar: tarfile.TarFile, root: str, rel: str, patterns: Sequence[str]) -> None:
-    folder = os.path.join(root, rel) if rel else root
-    with os.scandir(folder) as entries:
-        names = sorted(entry.name for entry in entries)
-    for name in names:
-        child = f"{rel}/{name}" if rel else name
-        if is_excluded(child, patterns):
-            continue
-        path = os.path.join(root, child)
-        try:
-            info = os.lstat(path)
-        except FileNotFoundError:
-            continue  # removed while we were archiving
-        if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode) or stat.S_ISLNK(info.st_mode)):
-            continue  # sockets, fifos and devices have no place in a workdir archive
-        member = tar.gettarinfo(path, arcname=child)
-        if member.isreg():
-            with open(path, "rb") as handle:
-                tar.addfile(member, handle)
-        else:
-            tar.addfile(member)
-        if member.isdir():
-            _add_children(tar, root, child, patterns)
-
-
-class _EmitWriter:
-    """A write-only file object that hands full chunks to ``emit``."""
-
-    def __init__(self, emit: Callable[[bytes], None]) -> None:
-        self._emit = emit
-        self._buffer = bytearray()
-
-    def write(self, data: Any) -> int:
-        self._buffer += data
-        if len(self._buffer) >= CHUNK_SIZE:
-            self.flush()
-        return len(data)
-
-    def flush(self) -> None:
-        if self._buffer:
-            chunk = bytes(self._buffer)
-            self._buffer.clear()
-            self._emit(chunk)
+def archive_status(code: int, errors: str, where: str) -> None:
+    """``OSError`` unless the ARCHIVE script and its ``tar`` both succeeded."""
+    if code != 0 or "optio-tar-exit:0" not in errors:
+        detail = errors.replace("optio-tar-exit:", "tar exit status ").strip()
+        raise OSError(f"archiving {where} failed (exit {code}): {detail}")
 
 
 async def yield_workdir_archive(
@@ -138,172 +113,194 @@ async def yield_workdir_archive(
     exclude: Sequence[str] | None = None,
 ) -> AsyncIterator[bytes]:
     """Stream a gzip'd tar of the contents of ``root`` (paths relative to it)."""
+    from optio_host.host._scripts import ARCHIVE  # the host package imports this module
+
     folder = os.fspath(root)
     patterns = resolve_excludes(exclude)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot archive {folder}: no such folder")
+    argv = ["/bin/sh", "-c", ARCHIVE, "sh", folder, *find_prune_expression(patterns)]
 
     def produce(emit: Callable[[bytes], None]) -> None:
-        writer = _EmitWriter(emit)
-        _write_tree(folder, patterns, writer)  # type: ignore[arg-type]
-        writer.flush()
+        with (
+            tempfile.TemporaryFile() as errors,
+            subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, start_new_session=True
+            ) as process,
+        ):
+            assert process.stdout is not None
+            try:
+                _widen_pipe(process.stdout.fileno())
+                while chunk := process.stdout.read(CHUNK_SIZE):
+                    emit(chunk)
+                code = process.wait()
+            finally:
+                _kill_group(process)
+            errors.seek(0)
+            archive_status(code, errors.read(8192).decode(errors="replace"), folder)
 
     async for chunk in iter_from_thread(produce):
         yield chunk
 
 
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, 9)
+        process.wait()
+
+
 # --------------------------------------------------------------------------- reading
 
 
-class _MemberGuard:
-    """Refuses archive members that could write outside the destination."""
+class CheckedArchive:
+    """The chunks of a gzip'd tar stream, each passed on only once everything in it is checked.
 
-    def __init__(self) -> None:
-        self._symlinks: set[str] = set()
-        self._files: set[str] = set()
+    For a host that inflates the archive itself: a chunk is yielded after the
+    headers it completes have passed, so the host's ``tar`` never sees a whole
+    header that was not checked. At the end the gzip trailer and the tar end
+    marker are verified (``ValueError`` otherwise); ``checker`` then tells
+    whether modes need fixing.
+    """
 
-    def check(self, member: tarfile.TarInfo) -> str | None:
-        """The member's normalised relative name, ``None`` for the root; ``ValueError`` if unsafe."""
-        raw = member.name
-        if raw.startswith("/") or raw.startswith("\\"):
-            raise ValueError(f"archive member {raw!r} has an absolute path")
-        parts = [part for part in raw.split("/") if part not in ("", ".")]
-        if ".." in parts:
-            raise ValueError(f"archive member {raw!r} contains '..'")
-        if not parts:
-            return None
-        name = "/".join(parts)
-        for depth in range(1, len(parts)):
-            if "/".join(parts[:depth]) in self._symlinks:
-                raise ValueError(f"archive member {raw!r} goes through a symbolic link")
-        if name in self._symlinks:
-            raise ValueError(f"archive member {raw!r} replaces a symbolic link")
-        if member.ischr() or member.isblk():
-            raise ValueError(f"archive member {raw!r} is a device file")
-        if member.isfifo():
-            raise ValueError(f"archive member {raw!r} is a FIFO")
-        if member.issym():
-            self._check_link_target(raw, posixpath.dirname(name), member.linkname)
-            self._symlinks.add(name)
-        elif member.islnk():
-            target = self._check_link_target(raw, "", member.linkname)
-            if target not in self._files:
-                raise ValueError(
-                    f"archive member {raw!r} is a hard link to {member.linkname!r}, "
-                    "which is not an earlier regular file of the archive"
-                )
-        elif member.isreg():
-            self._files.add(name)
-        elif not member.isdir():
-            raise ValueError(f"archive member {raw!r} has an unsupported type")
-        return name
+    def __init__(self, stream: AsyncIterator[bytes], *, max_bytes: int, max_members: int) -> None:
+        self._stream = stream
+        self.checker = TarChecker(max_bytes=max_bytes, max_members=max_members)
+        #: Every chunk was checked and passed on, and the gzip trailer and tar end marker verified.
+        self.verified = False
 
-    @staticmethod
-    def _check_link_target(raw: str, base: str, target: str) -> str:
-        if not target or target.startswith("/"):
-            raise ValueError(f"archive member {raw!r} links to an absolute path {target!r}")
-        resolved = posixpath.normpath(posixpath.join(base, target))
-        if resolved == ".." or resolved.startswith("../"):
-            raise ValueError(f"archive member {raw!r} links outside the destination: {target!r}")
-        return resolved
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        reader = BlockingReader(aiter(self._stream), asyncio.get_running_loop())
+        gunzip = Gunzip()
+        checker = self.checker
+
+        def produce(emit: Callable[[bytes], None]) -> None:
+            while chunk := reader.read(CHUNK_SIZE):
+                for piece in gunzip.feed(chunk):
+                    checker.feed(piece)
+                emit(chunk)
+            gunzip.finish()
+            checker.finish()
+
+        try:
+            async for chunk in iter_from_thread(produce):
+                yield chunk
+            self.verified = True
+        finally:
+            reader.abort()
 
 
-def _clean_member(member: tarfile.TarInfo, name: str) -> tarfile.TarInfo:
-    member.name = name
-    # No set-id or sticky bits, and the owner can always read and write what it restored.
-    if member.isdir():
-        member.mode = (member.mode & 0o777) | 0o700
-    elif not member.issym():
-        member.mode = (member.mode & 0o777) | 0o600
-    member.uid = member.gid = 0
-    member.uname = member.gname = ""
-    return member
+def _pass_checked(
+    reader: BlockingReader, checker: TarChecker, write: Callable[[memoryview], object], stop: threading.Event
+) -> None:
+    """Inflate, check, and ``write`` the inflated bytes up to ``checker.cleared``."""
+    gunzip = Gunzip()
+    held = b""  # inflated bytes past ``cleared``: a header not complete yet
+    while chunk := reader.read(CHUNK_SIZE):
+        for piece in gunzip.feed(chunk):
+            if stop.is_set():  # a small archive can expand for a long time: stop between slices
+                raise StreamClosed
+            start = checker.offset - len(held)
+            checker.feed(piece)
+            data = held + piece if held else piece
+            count = checker.cleared - start
+            if count:
+                write(memoryview(data)[:count])
+            held = b"" if checker.ended else data[count:]
+    gunzip.finish()
+    checker.finish()
 
 
-def _extract(reader: BlockingReader, staging: str) -> None:
-    guard = _MemberGuard()
-    extra: dict[str, Any] = {}
-    if hasattr(tarfile, "data_filter"):
-        extra["filter"] = "data"  # defence in depth: checks the real file system too
-    with tarfile.open(fileobj=reader, mode="r|*", bufsize=CHUNK_SIZE) as tar:
-        for member in tar:
-            name = guard.check(member)
-            if name is None:
-                continue
-            tar.extract(_clean_member(member, name), staging, set_attrs=True, **extra)
+def _extract(reader: BlockingReader, checker: TarChecker, staging: str, stop: threading.Event) -> None:
+    """Unpack the checked stream into ``staging`` with this machine's ``tar``."""
+    argv = ["tar", "-x", "-f", "-", "-C", staging, *TAR_EXTRACT_OPTIONS]
+    with (
+        tempfile.TemporaryFile() as errors,
+        subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors) as tar,
+    ):
+        assert tar.stdin is not None
+        try:
+            _widen_pipe(tar.stdin.fileno())
+            try:
+                _pass_checked(reader, checker, tar.stdin.write, stop)
+            except BrokenPipeError:
+                pass  # tar stopped reading: its exit status and message tell why
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    tar.stdin.close()
+            code = tar.wait()
+        finally:
+            if tar.poll() is None:
+                tar.kill()
+                tar.wait()
+        if code != 0:
+            errors.seek(0)
+            message = errors.read(4096).decode(errors="replace").strip()
+            raise ValueError(f"tar refused the archive (exit {code}): {message}")
+        checker.finish()
+    if checker.needs_mode_fix:
+        subprocess.run(FIX_MODES, cwd=staging, check=True, stdin=subprocess.DEVNULL)
+    _check_links(staging, checker.symlinks)
 
 
-def _swap_in(staging: str, dest: str) -> None:
-    for name in os.listdir(dest):
-        path = os.path.join(dest, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
-    for name in os.listdir(staging):
-        os.rename(os.path.join(staging, name), os.path.join(dest, name))
-    os.rmdir(staging)
+def _check_links(staging: str, names: Sequence[str]) -> None:
+    """Second line of defence: no symbolic link that was unpacked resolves outside ``staging``."""
+    root = os.path.realpath(staging)
+    for name in names:
+        resolved = os.path.realpath(os.path.join(root, name))
+        if resolved != root and not resolved.startswith(root + os.sep):
+            raise ValueError(f"refused archive: symbolic link {name!r} leads outside the destination")
 
 
-def _staging_path(dest: str) -> str:
-    parent, base = os.path.split(dest.rstrip("/"))
-    return os.path.join(parent, f".{base}.restore-{secrets.token_hex(8)}")
+def swap_in(staging: str, target: str) -> str | None:
+    """Put ``staging`` in place of ``target`` by two renames, no await between them.
+
+    Returns the old folder's new name (to be removed), or ``None`` if there was none.
+    """
+    aside = None
+    if os.path.lexists(target):
+        aside = temp_name_for(target)
+        os.rename(target, aside)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        if aside is not None:
+            os.rename(aside, target)
+        raise
+    return aside
 
 
 async def consume_workdir_archive(
     stream: AsyncIterator[bytes],
     dest: str | os.PathLike[str],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_members: int = DEFAULT_MAX_MEMBERS,
 ) -> None:
-    """Replace the contents of ``dest`` with the archive in ``stream`` (``dest`` itself stays).
+    """Replace the contents of ``dest`` with the archive in ``stream``; unsafe archives raise ``ValueError``.
 
-    The archive is unpacked into a staging folder next to ``dest`` first; a
-    refused or broken archive raises and leaves ``dest`` untouched.
+    The archive is unpacked into a staging folder beside ``dest``, verified
+    (gzip CRC, tar end marker), then swapped in whole: a refused, broken or
+    cancelled restore leaves ``dest`` as it was. ``max_bytes`` bounds the
+    unpacked tar stream, ``max_members`` the number of members.
     """
-    target = os.path.abspath(os.fspath(dest))
-    os.makedirs(target, mode=0o700, exist_ok=True)
-    staging = _staging_path(target)
+    target = os.path.abspath(os.fspath(dest)).rstrip("/") or "/"
+    os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+    staging = temp_name_for(target)
     os.mkdir(staging, 0o700)
+    checker = TarChecker(max_bytes=max_bytes, max_members=max_members)
     reader = BlockingReader(aiter(stream), asyncio.get_running_loop())
-    try:
-        await run_in_thread(lambda: _extract(reader, staging), on_cancel=reader.abort)
-        await asyncio.to_thread(_swap_in, staging, target)
-    except tarfile.FilterError as exc:
-        raise ValueError(f"refused archive: {exc}") from exc
-    except tarfile.TarError as exc:
-        raise ValueError(f"not a readable tar archive: {exc}") from exc
-    finally:
-        if os.path.lexists(staging):
-            await asyncio.shield(asyncio.to_thread(shutil.rmtree, staging, True))
+    stop = threading.Event()
 
-
-async def sanitize_archive(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Re-emit a (possibly gzip'd) tar stream as a checked, uncompressed tar stream.
-
-    Members are checked exactly as ``consume_workdir_archive`` checks them; an
-    unsafe member raises ``ValueError`` before any of its bytes are emitted.
-    Used to unpack on a remote host with its own ``tar`` safely.
-    """
-    reader = BlockingReader(aiter(stream), asyncio.get_running_loop())
-
-    def produce(emit: Callable[[bytes], None]) -> None:
-        guard = _MemberGuard()
-        writer = _EmitWriter(emit)
-        with (
-            tarfile.open(fileobj=reader, mode="r|*", bufsize=CHUNK_SIZE) as source,
-            tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as out,  # type: ignore[call-overload]
-        ):
-            for member in source:
-                name = guard.check(member)
-                if name is None:
-                    continue
-                data = source.extractfile(member) if member.isreg() else None
-                out.addfile(_clean_member(member, name), data)
-        writer.flush()
-
-    try:
-        async for chunk in iter_from_thread(produce):
-            yield chunk
-    except tarfile.TarError as exc:
-        raise ValueError(f"not a readable tar archive: {exc}") from exc
-    finally:
+    def cancel() -> None:
+        stop.set()
         reader.abort()
+
+    aside = None
+    try:
+        await run_in_thread(lambda: _extract(reader, checker, staging, stop), on_cancel=cancel)
+        aside = swap_in(staging, target)
+    finally:
+        for leftover in (staging, aside):
+            if leftover is not None and os.path.lexists(leftover):
+                await asyncio.shield(asyncio.to_thread(shutil.rmtree, leftover, True))

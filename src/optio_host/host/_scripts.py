@@ -17,6 +17,7 @@ __all__ = [
     "KILL_GROUP",
     "PRIVATE_DIRS",
     "PUT",
+    "RESTORE",
     "RESTORE_COMMIT",
     "SHA256",
     "TAIL",
@@ -150,18 +151,36 @@ kill -s KILL -- "-$1" 2>/dev/null
 exit 0
 """
 
+# Archive the contents of folder $1 (then: a find expression selecting what to prune) as a gzip'd
+# tar on stdout: regular files, folders and symlinks only. pigz where there is one (it uses every
+# core), else gzip. tar's own exit status goes to stderr ("optio-tar-exit:N"): a pipeline has none.
 ARCHIVE = r"""cd -- "$1" || exit 2
 shift
 if [ "$#" -gt 0 ]; then
   set -- \( "$@" \) -prune -o
 fi
-{ find . -mindepth 1 "$@" -printf '%P\0' | tar --null --no-recursion -T - -cf -
-  echo "optio-tar-exit:$?" >&2; } | gzip -1
+if command -v pigz >/dev/null 2>&1; then _optio_gz=pigz; else _optio_gz=gzip; fi
+{ find . -mindepth 1 "$@" \( -type f -o -type d -o -type l \) -printf '%P\0' |
+    tar --null --no-recursion -T - -cf -
+  echo "optio-tar-exit:$?" >&2; } | "$_optio_gz" -1
 """
 
-RESTORE_COMMIT = r"""find "$2" -mindepth 1 -maxdepth 1 -exec rm -rf -- {} + &&
-find "$1" -mindepth 1 -maxdepth 1 -exec mv -- {} "$2"/ \; &&
-rmdir -- "$1"
+# Unpack a checked gzip'd tar from stdin into the (new, empty) folder $1, with tar options $2...
+# The last line says how the inflater and tar ended: "optio-restore: z<status> t<status>". tar
+# stops reading at the end marker: cat drains what follows, so gzip still checks its trailer.
+RESTORE = r"""cd -- "$1" || exit 2
+shift
+if command -v pigz >/dev/null 2>&1; then _optio_gz=pigz; else _optio_gz=gzip; fi
+exec 3>&1
+_optio_codes=$( { { "$_optio_gz" -dc; echo "z$?" >&4; } |
+  { tar -x -f - "$@" >&3 2>&3; echo "t$?" >&4; cat >/dev/null; }; } 4>&1 )
+echo "optio-restore:" $_optio_codes
+"""
+
+# Swap the unpacked folder $1 in for the workdir $2 (which moves aside to $3): two renames, undone
+# if the second fails. The caller removes $3 afterwards.
+RESTORE_COMMIT = r"""if [ -e "$2" ] || [ -L "$2" ]; then mv -T -- "$2" "$3" || exit 1; fi
+mv -T -- "$1" "$2" || { mv -T -- "$3" "$2"; exit 1; }
 """
 
 # Make taskdir $1 and workdir $2 (mode 0700) and check, after creating them, that no other user

@@ -72,6 +72,10 @@ _PREFERRED_CIPHERS = (
     "aes192-ctr",
     "aes256-ctr",
 )
+#: Receive window per channel (asyncssh's default is 2 MiB). Downloads are capped at window / RTT:
+#: 2 MiB gave 17 MiB/s at 50 ms; 8 MiB lets one stream pass 100+ MiB/s there. (Memory: a slow
+#: reader may hold about two windows per stream.)
+_WINDOW = 8 * 1024 * 1024
 
 
 class _Client(asyncssh.SSHClient):
@@ -365,7 +369,7 @@ class SessionPool:
         while True:
             try:
                 with translate_errors(self._config, what):
-                    return await link.conn.create_process(command, encoding=None)
+                    return await link.conn.create_process(command, encoding=None, window=_WINDOW)
             except ChannelRefused as exc:
                 if not exc.retryable or self._is_dead(link):
                     raise

@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 
 from optio_host._localfs import write_atomic
 from optio_host._streams import CHUNK_SIZE, local_file_sha256
-from optio_host.archive import consume_workdir_archive, yield_workdir_archive
+from optio_host.archive import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MEMBERS,
+    consume_workdir_archive,
+    yield_workdir_archive,
+)
 from optio_host.errors import WORKDIR_SETUP_HINT, CommandNotStarted, command_not_started
 from optio_host.host._watch import POLL_INTERVAL, FileWatch, watch_file
 from optio_host.host.base import BaseHost, Command, ReleasingIterator
@@ -244,9 +249,15 @@ class LocalHost(BaseHost):
         """A gzip'd tar stream of the workdir's contents (see ``optio_host.archive``)."""
         return yield_workdir_archive(self.workdir, exclude)
 
-    async def restore_workdir(self, stream: AsyncIterator[bytes]) -> None:
-        """Replace the workdir's contents with an archive from ``archive_workdir``."""
-        await consume_workdir_archive(stream, self.workdir)
+    async def restore_workdir(
+        self,
+        stream: AsyncIterator[bytes],
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_members: int = DEFAULT_MAX_MEMBERS,
+    ) -> None:
+        """Replace the workdir with an archive; unsafe, broken or too large archives raise ``ValueError``."""
+        await consume_workdir_archive(stream, self.workdir, max_bytes=max_bytes, max_members=max_members)
 
     # ---------------------------------------------------------------- tailing
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import posixpath
-import secrets
 import stat
 import time
 import weakref
@@ -23,7 +22,7 @@ from typing import Any, TypeVar
 
 import asyncssh
 
-from optio_host.archive import find_prune_expression, resolve_excludes, sanitize_archive
+from optio_host.archive import DEFAULT_MAX_BYTES, DEFAULT_MAX_MEMBERS
 from optio_host.errors import (
     NOT_STARTED,
     WORKDIR_SETUP_HINT,
@@ -32,6 +31,7 @@ from optio_host.errors import (
     UnsafeTaskdir,
     command_not_started,
 )
+from optio_host.host import _remote_archive
 from optio_host.host import _scripts as scripts
 from optio_host.host._ssh import Link, SessionPool, describe, translate_errors
 from optio_host.host.base import BaseHost, Command, ReleasingIterator
@@ -719,69 +719,23 @@ class RemoteHost(BaseHost):
 
     # ---------------------------------------------------------------- archives
 
-    async def archive_workdir(self, exclude: Sequence[str] | None = None) -> AsyncIterator[bytes]:
+    def archive_workdir(self, exclude: Sequence[str] | None = None) -> AsyncIterator[bytes]:
         """A gzip'd tar stream of the workdir's contents, made by the host's own tar."""
-        patterns = resolve_excludes(exclude)
-        handle = await self.launch_subprocess(
-            script_argv(scripts.ARCHIVE, self.workdir, *find_prune_expression(patterns)),
-            cwd="/",
-            merge_stderr=False,
-        )
-        errors = bytearray()
+        return _remote_archive.archive_workdir(self, exclude)
 
-        async def collect() -> None:
-            async for piece in handle.stderr or _empty():
-                errors.extend(piece)
+    async def restore_workdir(
+        self,
+        stream: AsyncIterator[bytes],
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_members: int = DEFAULT_MAX_MEMBERS,
+    ) -> None:
+        """Replace the workdir with an archive; unsafe, broken or too large archives raise ``ValueError``.
 
-        reader = asyncio.ensure_future(collect())
-        try:
-            async for chunk in handle.stdout:
-                yield chunk
-            await reader
-            code = await handle.wait()
-            text = errors.decode(errors="replace")
-            if code != 0 or "optio-tar-exit:0" not in text:
-                detail = text.replace("optio-tar-exit:", "tar exit status ").strip()
-                raise OSError(f"archiving {self.workdir} on the host failed: {detail}")
-        finally:
-            reader.cancel()
-            if handle.returncode is None:
-                await asyncio.shield(self._kill_quietly(handle))
-
-    async def restore_workdir(self, stream: AsyncIterator[bytes]) -> None:
-        """Replace the workdir's contents with an archive; unsafe archives raise ``ValueError``.
-
-        Members are checked here before they reach the host's ``tar``; the
-        archive lands in a staging folder first, so a refused one changes nothing.
+        See ``optio_host.archive``: checked here, unpacked by the host's tar in a
+        staging folder, verified, then swapped in whole.
         """
-        staging = posixpath.join(self.taskdir, f".workdir.restore-{secrets.token_hex(8)}")
-        await self._sh('umask 077 && mkdir -p -- "$2" && mkdir -- "$1"', staging, self.workdir)
-        committed = False
-        try:
-            handle = await self.launch_subprocess(
-                ["tar", "-xf", "-", "-C", staging, "--no-same-owner"],
-                cwd="/",
-                merge_stderr=True,
-                stdin=True,
-            )
-
-            async def feed(stdin: _RemoteStdin) -> None:
-                async for chunk in sanitize_archive(stream):
-                    stdin.write(chunk)
-                    await stdin.drain()
-
-            try:
-                code, output = await self._feed_and_wait(handle, feed)
-            except BaseException:
-                await asyncio.shield(self._kill_quietly(handle))
-                raise
-            if code != 0:
-                raise ValueError(f"the host's tar refused the archive: {output}")
-            await self._sh(scripts.RESTORE_COMMIT, staging, self.workdir)
-            committed = True
-        finally:
-            if not committed and self._is_open():
-                await asyncio.shield(self._sh('rm -rf -- "$1"', staging, check=False))
+        await _remote_archive.restore_workdir(self, stream, max_bytes=max_bytes, max_members=max_members)
 
     # ---------------------------------------------------------------- tailing
 

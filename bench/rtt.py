@@ -1,0 +1,147 @@
+"""Transfers and snapshots at 50 ms round trip, vs OpenSSH ``sftp`` and ``scp`` (issue 14).
+
+Needs root (a network namespace with an sshd behind a veth link, from ``tests/_netns.py``). This
+kernel has no ``sch_netem``: the delay comes from ``DelayRelay``, a TCP relay on this machine's end
+of the link that holds every chunk back 25 ms each way; it runs in its own thread and event loop,
+and every client (ours, sftp, scp) connects through it.
+
+    PYTHONPATH=src .venv/bin/python bench/rtt.py [--size-mib 256] [--rtt-ms 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests._netns import DelayRelay, NetnsLab  # (run from the repository root)
+
+from optio_host import RemoteHost
+from optio_host._streams import iter_local_file
+
+MIB = 1024 * 1024
+
+
+class RelayThread:
+    """A ``DelayRelay`` on its own event loop, so its work does not compete with the client's loop."""
+
+    def __init__(self, listen: str, target: tuple[str, int], delay: float) -> None:
+        self.relay = DelayRelay(listen, target)
+        self.relay.delay = delay
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> int:
+        self._thread.start()
+        return asyncio.run_coroutine_threadsafe(self.relay.start(), self._loop).result(10)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.relay.close(), self._loop).result(20)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def openssh(kind: str, port: int, known_hosts: str, key: str) -> list[str]:
+    return [
+        kind,
+        "-q",
+        "-P",
+        str(port),
+        "-i",
+        key,
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        "BatchMode=yes",
+    ]
+
+
+async def timed(label: str, size: int, action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    if label.endswith("ours"):
+        await action()  # type: ignore[misc]
+    else:
+        await asyncio.to_thread(action)
+    seconds = time.perf_counter() - started
+    print(f"  {label:<44} {seconds:6.2f} s  {size / MIB / seconds:6.1f} MiB/s", flush=True)
+    return seconds
+
+
+async def main(args: argparse.Namespace) -> None:
+    size = args.size_mib * MIB
+    scratch = tempfile.mkdtemp(prefix="optio-rtt-")
+    lab = NetnsLab().start()
+    relay = RelayThread(lab.local_address, (lab.address, lab.sshd.port), args.rtt_ms / 2000)
+    try:
+        port = relay.start()
+        known_hosts = os.path.join(scratch, "known_hosts")
+        key_type, key = lab.sshd.host_public_key().split()[:2]
+        with open(known_hosts, "w") as handle:
+            handle.write(f"[{lab.local_address}]:{port} {key_type} {key}\n")
+        config = dataclasses.replace(
+            lab.sshd.ssh_config(), host=lab.local_address, port=port, known_hosts=known_hosts
+        )
+        source = os.path.join(scratch, "source.bin")
+        with open(source, "wb") as handle:
+            for _ in range(args.size_mib):
+                handle.write(os.urandom(MIB))
+        archive = os.path.join(scratch, "snapshot.tgz")
+        subprocess.run(f"tar -cf - -C {scratch} source.bin | gzip -1 > {archive}", shell=True, check=True)
+        remote = f"{lab.sshd.scratch}/target.bin"
+        user_at = f"{lab.sshd.user}@{lab.local_address}"
+        ssh_key = lab.sshd.key_path
+        print(f"{args.rtt_ms} ms RTT (user-space relay), {args.size_mib} MiB of random bytes", flush=True)
+        async with RemoteHost(config, f"{lab.sshd.scratch}/task") as host:
+            await host.setup_workdir()
+            rows = {
+                "put, ours": lambda: host.put_file_to_host(source, remote),
+                "put, sftp": lambda: sftp(port, known_hosts, ssh_key, user_at, f"put {source} {remote}"),
+                "put, scp": lambda: subprocess.run(
+                    [*openssh("scp", port, known_hosts, ssh_key), source, f"{user_at}:{remote}"], check=True
+                ),
+                "get, ours": lambda: host.fetch_file_from_host(remote, os.path.join(scratch, "back.bin")),
+                "get, sftp": lambda: sftp(port, known_hosts, ssh_key, user_at, f"get {remote} {scratch}/b2"),
+                "get, scp": lambda: subprocess.run(
+                    [*openssh("scp", port, known_hosts, ssh_key), f"{user_at}:{remote}", f"{scratch}/b3"],
+                    check=True,
+                ),
+                "snapshot restore, ours": lambda: host.restore_workdir(iter_local_file(archive)),
+                "snapshot archive, ours": lambda: drain(host),
+            }
+            for label, action in rows.items():
+                await timed(label, size, action)
+            await host.cleanup_taskdir(True)
+    finally:
+        relay.close()
+        lab.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def sftp(port: int, known_hosts: str, key: str, user_at: str, batch: str) -> None:
+    subprocess.run(
+        [*openssh("sftp", port, known_hosts, key), "-b", "-", user_at], input=batch.encode(), check=True
+    )
+
+
+async def drain(host: RemoteHost) -> None:
+    async for _ in host.archive_workdir([]):
+        pass
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--rtt-ms", type=int, default=50)
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,151 @@
+"""Workdir archives on a ``RemoteHost``: the host's own ``tar`` and ``pigz``/``gzip`` do the work.
+
+Archiving streams the ARCHIVE script's output. Restoring sends the archive's
+own (compressed) bytes, each chunk only once the headers in it have been
+checked here (``optio_host.archive.CheckedArchive``), to ``gzip -dc | tar -x``
+in a fresh staging folder beside the workdir; then, once the gzip CRC, the
+tar end marker and both exit statuses are good, one swap of whole folders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import posixpath
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+from optio_host.archive import (
+    FIX_MODES,
+    TAR_EXTRACT_OPTIONS,
+    CheckedArchive,
+    archive_status,
+    find_prune_expression,
+    resolve_excludes,
+)
+from optio_host.host import _scripts as scripts
+from optio_host.paths import temp_name_for
+from optio_host.process import ProcessHandle
+from optio_host.quoting import script_argv
+
+if TYPE_CHECKING:
+    from optio_host.host.remote import RemoteHost
+
+__all__ = ["archive_workdir", "restore_workdir"]
+
+_T = TypeVar("_T")
+#: How much of the restore script's output is kept for an error message (start and end).
+_KEEP = 4096
+
+
+async def archive_workdir(host: RemoteHost, exclude: Sequence[str] | None) -> AsyncIterator[bytes]:
+    """The ARCHIVE script's output; ``OSError`` if find, tar or the compressor failed."""
+    patterns = resolve_excludes(exclude)
+    handle = await host.launch_subprocess(
+        script_argv(scripts.ARCHIVE, host.workdir, *find_prune_expression(patterns)),
+        cwd="/",
+        merge_stderr=False,
+    )
+    errors = bytearray()
+
+    async def collect() -> None:
+        async for piece in handle.stderr or _empty():
+            errors.extend(piece[: _KEEP - len(errors)])
+
+    reader = asyncio.ensure_future(collect())
+    try:
+        async for chunk in handle.stdout:
+            yield chunk
+        await reader
+        archive_status(await handle.wait(), errors.decode(errors="replace"), f"{host.workdir} on the host")
+    finally:
+        reader.cancel()
+        if handle.returncode is None:
+            await asyncio.shield(host._kill_quietly(handle))
+
+
+async def restore_workdir(
+    host: RemoteHost, stream: AsyncIterator[bytes], *, max_bytes: int, max_members: int
+) -> None:
+    """Replace the workdir with the archive (see the module docstring); ``ValueError`` if refused."""
+    workdir = host.workdir.rstrip("/")
+    staging, aside = temp_name_for(workdir), temp_name_for(workdir)
+    leftovers = [staging]  # removed at the end, whatever happens (aside: once it holds the old workdir)
+    try:
+        await host._sh('umask 077 && mkdir -p -- "$2" && mkdir -- "$1"', staging, posixpath.dirname(workdir))
+        archive = CheckedArchive(stream, max_bytes=max_bytes, max_members=max_members)
+        await _unpack(host, archive, staging)
+        if archive.checker.needs_mode_fix:
+            await host.run(FIX_MODES, cwd=staging, check=True)
+        commit = asyncio.ensure_future(host._sh(scripts.RESTORE_COMMIT, staging, workdir, aside))
+        try:
+            await _uncancellable(commit)
+        finally:
+            if commit.done() and not commit.cancelled() and commit.exception() is None:
+                leftovers.append(aside)
+    finally:
+        if host._is_open():
+            await _uncancellable(host._sh('rm -rf -- "$@"', *leftovers, check=False))
+
+
+async def _unpack(host: RemoteHost, archive: CheckedArchive, staging: str) -> None:
+    handle = await host.launch_subprocess(
+        script_argv(scripts.RESTORE, staging, *TAR_EXTRACT_OPTIONS), cwd="/", merge_stderr=True, stdin=True
+    )
+    try:
+        output = await _feed(handle, archive)
+        code = await handle.wait()
+    except BaseException:
+        await asyncio.shield(host._kill_quietly(handle))
+        raise
+    status = output.rsplit("optio-restore:", 1)[-1].split()
+    if code != 0 or sorted(status) != ["t0", "z0"] or not archive.verified:
+        detail = output.replace("\n", " ").strip()
+        raise ValueError(f"the host's tar or gzip refused the archive (exit {code}): {detail}")
+
+
+async def _feed(handle: ProcessHandle, archive: CheckedArchive) -> str:
+    """Send the checked archive to the process; return the start and end of its output."""
+    head = bytearray()
+    tail = b""
+
+    async def collect() -> None:
+        nonlocal tail
+        async for piece in handle.stdout:
+            head.extend(piece[: _KEEP - len(head)])
+            tail = (tail + piece)[-_KEEP:]
+
+    reader = asyncio.ensure_future(collect())
+    stdin = handle.stdin
+    assert stdin is not None
+    try:
+        try:
+            async for chunk in archive:
+                stdin.write(chunk)
+                await stdin.drain()
+        except BrokenPipeError:
+            pass  # the script stopped reading: its output says why, and nothing is swapped in
+        finally:
+            stdin.close()
+        await reader
+    finally:
+        reader.cancel()
+    text = head.decode(errors="replace")
+    last = tail.decode(errors="replace")
+    return text if last in text else f"{text} ... {last}"
+
+
+async def _uncancellable(step: Awaitable[_T]) -> _T:
+    """Run ``step`` to its end even if the caller is cancelled meanwhile (then re-raise)."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""
