@@ -1,0 +1,253 @@
+"""``RemoteHost``'s files: SFTP requests (a dead connection replaced first), uploads to a temporary
+name then renamed, streamed and checked reads, listings, and leftovers a lost connection kept."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import posixpath
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import asyncssh
+
+from optio_host.host import _scripts as scripts
+from optio_host.host._remote_processes import RemoteProcesses, RemoteStdin, stdin_of
+from optio_host.host._ssh import describe, translate_errors
+from optio_host.host.base import ReleasingIterator
+from optio_host.paths import temp_name_for
+from optio_host.process import ProcessHandle
+from optio_host.quoting import script_argv
+
+__all__ = ["OPEN_TIMEOUT", "RemoteFiles"]
+
+_T = TypeVar("_T")
+
+#: How long a checked open (``open_regular_file``) may take to say what it opened.
+OPEN_TIMEOUT = 60.0
+
+
+class RemoteFiles(RemoteProcesses):
+    """Files on the host: SFTP requests, atomic uploads, checked reads, listings."""
+
+    # ---------------------------------------------------------------- files
+
+    async def _sftp_call(self, what: str, operation: Callable[[asyncssh.SFTPClient], Awaitable[_T]]) -> _T:
+        """One SFTP request (errors translated; a dead connection is replaced first)."""
+        try:
+            result = await self._connected_pool.sftp_call(what, operation)
+        except OSError:
+            # FileNotFoundError and the like: the host answered, so leftovers can go now too.
+            if self._orphans and self._is_open():
+                await self._remove_orphans()
+            raise
+        if self._orphans:
+            await self._remove_orphans()
+        return result
+
+    async def _remove_orphans(self) -> None:
+        """Remove temporary files a lost connection kept us from removing (best effort)."""
+        for path in list(self._orphans):
+            self._orphans.discard(path)
+
+            async def remove(sftp: asyncssh.SFTPClient, path: str = path) -> None:
+                await sftp.remove(path)
+
+            try:
+                await self._connected_pool.sftp_call(path, remove)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                self._orphans.add(path)
+                return
+
+    async def remove_file(self, path: str) -> None:
+        """Delete a file; a missing file is not an error."""
+        target = self._resolve(path)
+        with contextlib.suppress(FileNotFoundError):
+            await self._sftp_call(target, lambda sftp: sftp.remove(target))
+
+    async def _write_file_atomic(
+        self,
+        target: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        mode: int | None,
+        before_commit: Callable[[], None],
+    ) -> None:
+        temp = temp_name_for(target)
+        args = [posixpath.dirname(target) or "/", temp, "" if mode is None else f"{mode:o}"]
+        handle = await self.launch_subprocess(
+            script_argv(scripts.PUT, *args), cwd="/", merge_stderr=True, stdin=True
+        )
+        committed = False
+        try:
+
+            async def feed(stdin: RemoteStdin) -> None:
+                async for chunk in chunks:
+                    stdin.write(chunk)
+                    await stdin.drain()
+
+            code, output = await self._feed_and_wait(handle, feed)
+            if code != 0:
+                where = describe(self.ssh_config)
+                raise OSError(f"writing {target} on {where} failed (exit {code}): {output}")
+            before_commit()
+            await self._sftp_call(target, lambda sftp: sftp.posix_rename(temp, target))
+            committed = True
+        finally:
+            if not committed:
+                await asyncio.shield(self._discard(handle, temp))
+
+    async def _feed_and_wait(
+        self, handle: ProcessHandle, feed: Callable[[RemoteStdin], Awaitable[None]]
+    ) -> tuple[int, str]:
+        """Feed a process's stdin (then EOF) while keeping the start of its output; its exit code."""
+        output = bytearray()
+
+        async def collect() -> None:
+            async for piece in handle.stdout:
+                output.extend(piece[: 4096 - len(output)])
+
+        reader = asyncio.ensure_future(collect())
+        try:
+            stdin = stdin_of(handle)
+            with translate_errors(self.ssh_config, "sending data"):
+                try:
+                    await feed(stdin)
+                finally:
+                    stdin.close()
+                await reader
+        finally:
+            reader.cancel()
+        return await handle.wait(), output.decode(errors="replace").strip()
+
+    async def _discard(self, handle: ProcessHandle, temp: str) -> None:
+        await self._kill_quietly(handle)
+        self._orphans.add(temp)
+        if self._is_open():  # else once reconnected (_clean_up): waiting here would delay the error
+            with contextlib.suppress(Exception):
+                await self._remove_orphans()
+
+    async def _stat(self, path: str, *, follow: bool = True) -> asyncssh.SFTPAttrs | None:
+        try:
+            return await self._sftp_call(path, lambda sftp: sftp.stat(path) if follow else sftp.lstat(path))
+        except FileNotFoundError:
+            return None
+
+    async def _read_file(self, path: str) -> tuple[int, AsyncIterator[bytes]]:
+        return await self._stream_file(path, script_argv(scripts.GET, path))
+
+    async def _open_checked(self, path: str, folder: str) -> tuple[int, AsyncIterator[bytes]]:
+        return await self._stream_file(
+            path, script_argv(scripts.GET_CHECKED, path, folder), folder=folder, timeout=OPEN_TIMEOUT
+        )
+
+    async def _stream_file(
+        self, path: str, argv: list[str], *, folder: str = "", timeout: float | None = None
+    ) -> tuple[int, AsyncIterator[bytes]]:
+        """Run a GET script: its first line is the size or a refusal, then the file's bytes."""
+        handle = await self.launch_subprocess(argv, cwd="/", merge_stderr=False)
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    header, rest = await _first_line(handle.stdout)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"{path} on {describe(self.ssh_config)} did not open within {timeout:g}s "
+                    "(a FIFO swapped in after the check?); refused"
+                ) from None
+            if header == "missing":
+                raise FileNotFoundError(2, f"no such file on {describe(self.ssh_config)}", path)
+            if header == "directory":
+                raise IsADirectoryError(f"{path} is a directory")
+            if header == "special":
+                raise OSError(f"{path} is not a regular file (a FIFO, socket or device); refused")
+            if header.startswith("outside "):
+                raise PermissionError(f"{path} resolves to {header[8:]}, outside {folder}/; refused")
+            if not header.isdigit():
+                errors = b"".join([piece async for piece in handle.stderr or _empty()])
+                raise OSError(f"cannot read {path} on the host: {errors.decode(errors='replace').strip()}")
+        except BaseException:
+            await asyncio.shield(self._kill_quietly(handle))
+            raise
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for chunk in rest:
+                yield chunk
+            code = await handle.wait()
+            if code != 0:
+                raise OSError(f"reading {path} on the host failed (exit {code})")
+
+        async def release() -> None:
+            if handle.returncode is None:
+                await self._kill_quietly(handle)
+
+        return int(header), ReleasingIterator(chunks(), release)
+
+    async def file_sha256(self, path: str) -> str | None:
+        result = await self.run(script_argv(scripts.SHA256, path), cwd="/")
+        if result.exit_code == 3:
+            return None
+        if result.exit_code != 0:
+            raise OSError(f"cannot hash {path} on the host: {result.stderr.strip()}")
+        return result.stdout.lstrip("\\")[:64].lower()
+
+    async def _list_dir(self, path: str) -> list[tuple[str, bool]] | None:
+        try:
+            entries = await self._sftp_call(path, lambda sftp: sftp.readdir(path))
+        except ConnectionError:
+            raise
+        except OSError:
+            return None  # missing, not a folder, or not readable
+        listing = []
+        for entry in entries:
+            name = entry.filename if isinstance(entry.filename, str) else entry.filename.decode()
+            if name in (".", ".."):
+                continue
+            perms = entry.attrs.permissions or 0
+            if stat.S_ISLNK(perms):
+                target = await self._stat(posixpath.join(path, name))
+                perms = (target.permissions or 0) if target is not None else 0
+            listing.append((name, stat.S_ISDIR(perms)))
+        return listing
+
+    async def _exists(self, path: str) -> bool:
+        return await self._stat(path, follow=False) is not None
+
+    async def realpath(self, path: str) -> str:
+        """The path with every symlink resolved on the host; ``FileNotFoundError`` if missing."""
+        target = self._resolve(path)
+        resolved = await self._sftp_call(target, lambda sftp: sftp.realpath(target))
+        if await self._stat(resolved) is None:
+            raise FileNotFoundError(2, f"no such file on {describe(self.ssh_config)}", target)
+        return resolved if isinstance(resolved, str) else resolved.decode()
+
+    async def file_size(self, path: str) -> int | None:
+        """Size in bytes, or ``None`` if there is no such file."""
+        attrs = await self._stat(self._resolve(path))
+        return None if attrs is None else int(attrs.size or 0)
+
+
+async def _first_line(chunks: AsyncIterator[bytes]) -> tuple[str, AsyncIterator[bytes]]:
+    """The first line of a stream (decoded) and an iterator over everything after it."""
+    buffer = b""
+    async for chunk in chunks:
+        buffer += chunk
+        if b"\n" in buffer or len(buffer) > 4096:
+            break
+    line, _, rest = buffer.partition(b"\n")
+
+    async def remainder() -> AsyncIterator[bytes]:
+        if rest:
+            yield rest
+        async for chunk in chunks:
+            yield chunk
+
+    return line.decode(errors="replace").strip(), remainder()
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""
