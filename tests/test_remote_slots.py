@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import os
 import textwrap
 
 import pytest
@@ -175,3 +176,19 @@ async def test_a_long_wait_for_a_slot_names_what_holds_them(
             await _no_slot_in_use(host)
     finally:
         logging.getLogger("optio_host.ssh").removeHandler(heard)
+
+
+async def test_a_cancelled_launch_leaves_no_process_and_no_slot(remote_host: RemoteHost) -> None:
+    marker = f"optio-cancelled-launch-{os.getpid()}"
+    for delay in (0, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1):
+        launch = asyncio.ensure_future(remote_host.launch_subprocess(["sh", "-c", f"sleep 600 # {marker}"]))
+        await asyncio.sleep(delay)
+        launch.cancel()
+        try:
+            handle = await launch
+        except asyncio.CancelledError:
+            continue
+        await handle.kill()  # it started before the cancel arrived: ours to end
+    await _no_slot_in_use(remote_host)
+    processes = await remote_host.run(["ps", "-eo", "args"])
+    assert marker not in processes.stdout

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncssh
@@ -163,16 +163,50 @@ class RemoteProcesses(RemoteCore):
             mode, words = "argv", validate_argv(command)
         directory = self._resolve(cwd, what="cwd") if cwd is not None else self.workdir
         wrapper_args = ["1" if env_on_stdin else "0", directory, mode, "1" if merge_stderr else "0", *words]
-        pool = self._connected_pool
-        link, process = await pool.start_process(
-            lambda link: scripts.command_line(wrapper_args, link.login_shell_is_sh),
-            "starting a command",
-            control=control,
+        env_line = scripts.env_line(extra_env, removed) if env_on_stdin else None
+        opening: list[bool] = []
+
+        def command_for(link: Link) -> str:
+            opening.append(True)  # from here on a cancel must not leave a half-started command
+            return scripts.command_line(wrapper_args, link.login_shell_is_sh)
+
+        start = asyncio.ensure_future(
+            self._start(
+                command_for,
+                env_line,
+                words,
+                directory,
+                merge_stderr=merge_stderr,
+                stdin=stdin,
+                control=control,
+            )
         )
+        try:
+            return await asyncio.shield(start)
+        except asyncio.CancelledError:
+            if not opening:
+                start.cancel()  # still waiting for a slot: nothing started
+            else:
+                await _end_when_started(start)
+            raise
+
+    async def _start(
+        self,
+        command_for: Callable[[Link], str],
+        env_line: str | None,
+        words: list[str],
+        directory: str,
+        *,
+        merge_stderr: bool,
+        stdin: bool,
+        control: bool,
+    ) -> ProcessHandle:
+        pool = self._connected_pool
+        link, process = await pool.start_process(command_for, "starting a command", control=control)
         self._watch_until_closed(process, pool, link, " ".join(words)[:200])
         try:
-            if env_on_stdin:
-                process.stdin.write(scripts.env_line(extra_env, removed).encode() + b"\n")
+            if env_line is not None:
+                process.stdin.write(env_line.encode() + b"\n")
             if not stdin:
                 process.stdin.write_eof()
             first = await self._read_header(process, link, directory, words[0])
@@ -354,3 +388,22 @@ class RemoteProcesses(RemoteCore):
     def slots_in_use(self) -> int:
         """Session slots taken on this host's connections (0 when nothing runs)."""
         return 0 if self._pool is None else self._pool.slots_in_use
+
+
+#: How long a cancelled launch waits for its command to report its process group, so it can end it.
+LAUNCH_SETTLE = 10.0
+
+
+async def _end_when_started(start: asyncio.Future[ProcessHandle]) -> None:
+    """A launch was cancelled after the channel was asked for: let it finish, then end what it started.
+
+    Cancelling it halfway would leave the command running on the host with no owner (and, while
+    the channel opens, a session slot taken), since its process group is known only from its header.
+    """
+    try:
+        async with asyncio.timeout(LAUNCH_SETTLE):
+            handle = await asyncio.shield(start)
+    except BaseException:
+        start.cancel()  # failed, too slow, or cancelled again: its own clean-up closes the channel
+        return
+    await handle.kill()
