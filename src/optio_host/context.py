@@ -23,6 +23,7 @@ from optio_host.download import create_download_task
 from optio_host.errors import HostCommandError
 from optio_host.host.interface import FileSource, Host
 from optio_host.process import RunResult
+from optio_host.worker import path_inside
 
 __all__ = ["HookContext", "HookContextProtocol", "HostCommandError", "RunResult"]
 
@@ -294,7 +295,7 @@ class HookContext:
             raise ValueError(f"workdir-relative path may not contain '..': {path!r}")
         workdir = posixpath.normpath(self._host.workdir)
         absolute = posixpath.normpath(posixpath.join(workdir, path))
-        if not absolute.startswith(workdir.rstrip("/") + "/"):
+        if absolute == workdir or not path_inside(absolute, workdir):
             raise ValueError(f"workdir-relative path escapes workdir: {path!r} (workdir: {workdir})")
         return absolute
 

@@ -81,6 +81,8 @@ __all__ = [
     "error",
     "find_log",
     "main",
+    "path_inside",
+    "resolve_inside",
     "status",
     "temp_name_for",
 ]
@@ -112,6 +114,27 @@ def temp_name_for(target: str) -> str:
     folder, name = posixpath.split(target)
     stem = name.encode()[:100].decode(errors="ignore")
     return posixpath.join(folder, f".{stem}.optio-{secrets.token_hex(8)}.tmp")
+
+
+def path_inside(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or lies below it, both absolute POSIX paths, compared after
+    normalising (lexically: links are the host's business). The one containment rule of the
+    package: the session, HookContext, the CLI, the download task and workers all use it."""
+    path, root = posixpath.normpath(path), posixpath.normpath(root)
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def resolve_inside(root: str, path: str) -> str:
+    """``path`` (relative to ``root``, or absolute) as a normalised absolute path; ``ValueError``
+    when it is empty, holds a NUL, or leaves ``root``."""
+    if not root.startswith("/"):
+        raise ValueError(f"the folder must be an absolute path, got {root!r}")
+    if not path or "\0" in path:
+        raise ValueError(f"path is empty or contains a NUL character: {path!r}")
+    resolved = posixpath.normpath(posixpath.join(root, path))
+    if not path_inside(resolved, root):
+        raise ValueError(f"path {path!r} leads outside {posixpath.normpath(root)}")
+    return resolved
 
 
 def find_log() -> str:
@@ -208,10 +231,16 @@ def deliverable(path: str | os.PathLike[str], *, name: str | None = None) -> str
 
 
 def _relative_name(name: str) -> str:
-    relative = os.path.normpath(name)
-    if not name or os.path.isabs(name) or relative.split(os.sep)[0] in (os.pardir, os.curdir):
-        raise ValueError(f"deliverable name must be a relative path inside deliverables/, got {name!r}")
-    return relative.replace(os.sep, "/")
+    refused = ValueError(f"deliverable name must be a relative path inside deliverables/, got {name!r}")
+    if not name or posixpath.isabs(name):
+        raise refused
+    try:
+        resolved = resolve_inside("/" + DELIVERABLES_DIR, name)
+    except ValueError:
+        raise refused from None
+    if resolved == "/" + DELIVERABLES_DIR:
+        raise refused
+    return resolved[len(DELIVERABLES_DIR) + 2 :]
 
 
 def _copy(source: str, target: str) -> None:

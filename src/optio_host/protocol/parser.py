@@ -38,7 +38,7 @@ import re
 from dataclasses import dataclass
 
 # The keywords and names are defined once, in the worker helper (which must stand alone).
-from optio_host.worker import DELIVERABLE, DONE, KEYWORDS, STATUS
+from optio_host.worker import DELIVERABLE, DONE, KEYWORDS, STATUS, path_inside, resolve_inside
 from optio_host.worker import DELIVERABLES_DIR as DELIVERABLES_DIR
 from optio_host.worker import LOG_NAME as LOG_NAME
 
@@ -135,15 +135,14 @@ def validate_deliverable_path(path: str, workdir: str) -> str:
     on the host). ``ValueError`` if the path is empty, contains a NUL, or is
     outside ``workdir``; ``workdir`` itself must be absolute.
     """
-    root = _absolute_root(workdir)
+    if not workdir.startswith("/"):
+        raise ValueError(f"workdir must be an absolute path, got {workdir!r}")
     if not path:
         raise ValueError("deliverable path is empty")
-    if "\0" in path:
-        raise ValueError(f"deliverable path contains a NUL character: {path!r}")
-    resolved = posixpath.normpath(posixpath.join(root, path))
-    if resolved != root and not resolved.startswith(_with_slash(root)):
-        raise ValueError(f"deliverable path {path!r} is outside the workdir {root}")
-    return resolved
+    try:
+        return resolve_inside(workdir, path)
+    except ValueError:
+        raise ValueError(f"deliverable path {path!r} is outside the workdir {workdir}") from None
 
 
 def relativize_deliverable_path(absolute_path: str, workdir: str) -> str:
@@ -154,17 +153,7 @@ def relativize_deliverable_path(absolute_path: str, workdir: str) -> str:
     ``validate_deliverable_path``.
     """
     resolved = validate_deliverable_path(absolute_path, workdir)
-    folder = _with_slash(posixpath.join(_absolute_root(workdir), DELIVERABLES_DIR))
-    if not resolved.startswith(folder) or len(resolved) == len(folder):
-        raise ValueError(f"deliverable path {absolute_path!r} is not under {folder}")
-    return resolved[len(folder) :]
-
-
-def _absolute_root(workdir: str) -> str:
-    if not workdir.startswith("/"):
-        raise ValueError(f"workdir must be an absolute path, got {workdir!r}")
-    return posixpath.normpath(workdir)
-
-
-def _with_slash(folder: str) -> str:
-    return folder if folder.endswith("/") else folder + "/"
+    folder = posixpath.join(posixpath.normpath(workdir), DELIVERABLES_DIR)
+    if resolved == folder or not path_inside(resolved, folder):
+        raise ValueError(f"deliverable path {absolute_path!r} is not under {folder}/")
+    return resolved[len(folder) + 1 :]

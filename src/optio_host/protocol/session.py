@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import posixpath
-import shlex
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Final, TypeVar
@@ -43,6 +42,7 @@ from optio_host.protocol.parser import (
     UnknownLine,
     parse_log_line,
 )
+from optio_host.quoting import join
 
 __all__ = [
     "DELIVERABLE_QUEUE_BOUND",
@@ -213,7 +213,7 @@ class _Session:
 
     async def prepare(self) -> None:
         await self._host.setup_workdir()
-        made = await self._host.run_command(f"mkdir -p -- {shlex.quote(self._deliverables)}")
+        made = await self._host.run_command(join(["mkdir", "-p", "--", self._deliverables]))
         if made.exit_code != 0:
             raise SessionFailed(
                 f"could not create {self._deliverables} on the host "
