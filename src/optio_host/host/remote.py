@@ -27,6 +27,7 @@ from optio_host.archive import find_prune_expression, resolve_excludes, sanitize
 from optio_host.errors import HostConnectionError, HostNotConnected
 from optio_host.host import _scripts as scripts
 from optio_host.host._ssh import Link, SessionPool, describe, translate_errors
+from optio_host.host._tailing import untailable
 from optio_host.host.base import BaseHost, Command
 from optio_host.paths import temp_name_for
 from optio_host.process import ProcessHandle
@@ -44,6 +45,8 @@ KILL_REAP_WAIT = 2.0
 #: reading in smaller pieces lets a slow reader's backlog grow by a window per read (seen: 170 MB
 #: behind a 256 MiB archive). Draining the whole buffer each time keeps it to about two windows.
 _READ_SIZE = 8 * 1024 * 1024
+#: How the tail snippet (``scripts.TAIL``) reports a refused path on stderr.
+_UNTAILABLE = b"optio-untailable:"
 #: How long ``disconnect()`` lets a clean-up after a lost connection (kills, temp files) finish.
 CLEANUP_WAIT = 5.0
 
@@ -674,6 +677,10 @@ class RemoteHost(BaseHost):
                 raise HostConnectionError(
                     f"lost the connection to {describe(self.ssh_config)} while following {path}"
                 )
+            if self._pool is not None and handle.stderr is not None:
+                report = b"".join([chunk async for chunk in handle.stderr])  # one short line at most
+                if report.startswith(_UNTAILABLE):
+                    raise untailable(path, report[len(_UNTAILABLE) :].decode(errors="replace").strip())
         finally:
             self._tails.discard(process)
             # Closing stdin ends the remote tail (its watchdog sees EOF); over a dead connection

@@ -25,7 +25,7 @@ import shlex
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
-from optio_host._lines import LineSplitter, decode_line
+from optio_host._lines import DEFAULT_LINE_LIMIT, Line, LineSplitter, decode_line
 from optio_host._streams import aclose_iterator
 from optio_host.context import HookContext
 from optio_host.errors import HostConnectionError, SessionFailed
@@ -98,6 +98,7 @@ async def run_log_protocol_session(
     before_execute: HookCallback | None = None,
     after_execute: HookCallback | None = None,
     reconnect_timeout: float = RECONNECT_TIMEOUT,
+    max_line_bytes: int = DEFAULT_LINE_LIMIT,
 ) -> None:
     """Run ``body`` on ``host`` while following its ``optio.log``; see the module docstring.
 
@@ -119,11 +120,16 @@ async def run_log_protocol_session(
     without a connection; past that the session fails with ``SessionFailed``.
     For the worker itself to survive, start it with ``host.launch_detached``
     and wait with its ``wait()``, which rides out reconnects too.
+
+    A log line longer than ``max_line_bytes`` is cut there (the cut is reported),
+    so memory stays bounded whatever the worker writes. A log that is replaced
+    by a symlink, FIFO or other non-regular file fails the session.
     """
     hook_ctx = HookContext(ctx, host)
     failure: BaseException | None = None
     try:
         session = _Session(host, ctx, hook_ctx, on_deliverable, reconnect_timeout)
+        session.limit_lines(max_line_bytes)
         await session.prepare()
         if before_execute is not None:
             await before_execute(hook_ctx)
@@ -167,6 +173,7 @@ class _Session:
         self._deliverables = posixpath.join(self._workdir, DELIVERABLES_DIR)
         self._real_deliverables = self._deliverables
         self._queue: asyncio.Queue[tuple[str, str] | _Done] = asyncio.Queue(DELIVERABLE_QUEUE_BOUND)
+        self._max_line = DEFAULT_LINE_LIMIT
         self._splitter = LineSplitter()
         self._received = 0  # bytes read from the log, partial line included
         # Offset just past the last line fully dispatched: where a restarted tail resumes, so
@@ -179,6 +186,12 @@ class _Session:
         self._error: BaseException | None = None
 
     # ---------------------------------------------------------------- setup
+
+    def limit_lines(self, max_line_bytes: int) -> None:
+        """Cut log lines past ``max_line_bytes`` (``ValueError`` unless at least 1)."""
+        if not isinstance(max_line_bytes, int) or max_line_bytes < 1:
+            raise ValueError(f"max_line_bytes must be a positive int, got {max_line_bytes!r}")
+        self._max_line = max_line_bytes
 
     async def prepare(self) -> None:
         await self._host.setup_workdir()
@@ -247,31 +260,43 @@ class _Session:
             except HostConnectionError as exc:
                 await self._reconnect(exc, "following the log")
                 continue
+            except OSError as exc:  # say, the worker replaced its log with a symlink or a FIFO
+                raise SessionFailed(f"cannot follow the worker's log: {exc}") from exc
             break
         if not self._done_seen:
             raise SessionFailed(f"the tail of {self._log_path} ended before the worker wrote DONE or ERROR")
 
     async def _follow(self, offset: int) -> None:
         """Read the log from ``offset`` until ``DONE``; return early only if the tail ends."""
-        self._splitter = LineSplitter(offset)
+        self._splitter = LineSplitter(offset, limit=self._max_line)
         self._received = offset
         chunks = self._host.tail_bytes(self._log_path, offset=offset)
         try:
             async for chunk in chunks:
                 self._received += len(chunk)
-                for raw, end in self._splitter.feed(chunk):
+                for line in self._splitter.feed(chunk):
                     self._dispatching = True
                     try:
-                        await self._dispatch(parse_log_line(decode_line(raw)))
+                        await self._dispatch_line(line)
                     finally:
                         self._dispatching = False
-                    self._dispatched = end
+                    self._dispatched = line.end
                     self._progress.set()
                     if self._done_seen:
                         return
                 self._progress.set()
         finally:
             await aclose_iterator(chunks)  # stop the host-side tail now
+
+    async def _dispatch_line(self, line: Line) -> None:
+        if line.cut:
+            # Before the line's own event: an ERROR or DONE line ends the session.
+            self._ctx.report_progress(
+                None,
+                f"A line of {LOG_NAME} ending at byte {line.end} was cut at {len(line.raw)} bytes: "
+                f"the other {line.cut} bytes were dropped",
+            )
+        await self._dispatch(parse_log_line(decode_line(line.raw)))
 
     async def _dispatch(self, event: LogEvent) -> None:
         if isinstance(event, StatusEvent):
@@ -360,9 +385,9 @@ class _Session:
         if not self._done_seen and caught_up and self._splitter.pending:
             # A last line without its newline (``printf DONE``): the body is over, so the line is
             # complete. The tail is idle here (everything before it was dispatched).
-            for raw, end in self._splitter.feed(b"\n"):
-                await self._dispatch(parse_log_line(decode_line(raw)))
-                self._dispatched = end
+            for line in self._splitter.feed(b"\n"):
+                await self._dispatch_line(line)
+                self._dispatched = line.end
         if self._done_seen:
             return
         raise SessionFailed(
