@@ -84,6 +84,8 @@ while kill -0 "$_optio_tail" 2>/dev/null; do
   fi
   sleep "$_optio_beat"
 done
+_optio_kind "$1"  # tail may have given up on what replaced the file (it cannot seek a FIFO)
+[ -z "$_optio_bad" ] || _optio_refuse
 """
 
 # Upload into $2, a new temporary file in $1 (noclobber: it must not exist), with mode $3
