@@ -31,7 +31,7 @@ from optio_host.protocol import run_log_protocol_session
 from optio_host.testing import RecordingContext
 from optio_host.testing.sshd import SshServer
 
-from .test_cli import assert_one_line_error, cli, spawn
+from .test_cli import assert_one_line_error, cli, spawn, ssh_args
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -404,10 +404,20 @@ def _no_raw_sequences(shown: bytes) -> None:
         assert raw not in shown, f"{raw!r} reached the terminal raw"
 
 
-def test_plain_session_shows_worker_escapes_escaped(tmp_path: Path) -> None:
+@pytest.fixture(params=["local", "remote"])
+def where(request: pytest.FixtureRequest) -> list[str]:
+    """The CLI's host options: this machine, or the test sshd."""
+    return [] if request.param == "local" else ssh_args(request.getfixturevalue("optio_sshd"))
+
+
+def _session_args(where: list[str], tmp_path: Path) -> list[str]:
     worker = tmp_path / "worker.sh"
     worker.write_text(ESCAPING_WORKER)
-    result = cli("session", "--out", str(tmp_path / "o"), "--", "sh", str(worker), cwd=tmp_path)
+    return ["session", *where, "--out", str(tmp_path / "o"), "--upload", str(worker), "--", "sh", "worker.sh"]
+
+
+def test_plain_session_shows_worker_escapes_escaped(where: list[str], tmp_path: Path) -> None:
+    result = cli(*_session_args(where, tmp_path), cwd=tmp_path)
     assert result.returncode == 1
     assert result.stdout == " 10% \\x1b]0;PWNED-TITLE\\x07 \\x1b[2J cleared\n"
     assert_one_line_error(result.stderr.splitlines(keepends=True)[-1], "PWNED-LINK")
@@ -419,10 +429,8 @@ def test_plain_session_shows_worker_escapes_escaped(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_live_session_shows_worker_escapes_escaped(tmp_path: Path) -> None:
-    worker = tmp_path / "worker.sh"
-    worker.write_text(ESCAPING_WORKER)
-    child = spawn("session", "--out", str(tmp_path / "o"), "--", "sh", str(worker))
+def test_live_session_shows_worker_escapes_escaped(where: list[str], tmp_path: Path) -> None:
+    child = spawn(*_session_args(where, tmp_path))
     child.expect(pexpect.EOF)
     child.close()
     shown = child.before
