@@ -659,6 +659,7 @@ class RemoteHost(BaseHost):
     # ---------------------------------------------------------------- tailing
 
     async def tail_bytes(self, absolute_path: str, *, offset: int = 0) -> AsyncIterator[bytes]:
+        """Follow a regular file by name (``scripts.TAIL``); ``OSError`` for anything else there."""
         path = self._resolve(absolute_path)
         if offset < 0:
             raise ValueError(f"offset must not be negative, got {offset}")
