@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Final, NamedTuple
 
-__all__ = ["DEFAULT_LINE_LIMIT", "Line", "LineSplitter", "decode_line", "iter_lines"]
+__all__ = ["DEFAULT_LINE_LIMIT", "FEED_PIECE", "Line", "LineSplitter", "decode_line", "iter_lines", "pieces"]
 
 #: Where a line written by a worker is cut by default (the session driver, the CLI's display).
 DEFAULT_LINE_LIMIT: Final = 1024 * 1024
+#: Feed worker bytes in pieces of at most this size: a chunk of bare newlines (a remote read
+#: may be 8 MiB) would otherwise become millions of ``Line`` objects at once (~80 bytes each).
+FEED_PIECE: Final = 16 * 1024
+
+
+def pieces(data: bytes) -> Iterator[bytes]:
+    """``data`` in slices of at most ``FEED_PIECE`` bytes."""
+    for start in range(0, len(data), FEED_PIECE):
+        yield data[start : start + FEED_PIECE]
 
 
 def decode_line(raw: bytes) -> str:
@@ -87,5 +96,6 @@ async def iter_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
     """Decoded lines of a chunk stream, whole (a trailing line without newline is dropped)."""
     splitter = LineSplitter()
     async for chunk in chunks:
-        for line in splitter.feed(chunk):
-            yield decode_line(line.raw)
+        for piece in pieces(chunk):
+            for line in splitter.feed(piece):
+                yield decode_line(line.raw)

@@ -30,7 +30,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from optio_host._lines import DEFAULT_LINE_LIMIT, LineSplitter, decode_line
+from optio_host._lines import DEFAULT_LINE_LIMIT, LineSplitter, decode_line, pieces
 from optio_host._streams import ProgressCallback
 
 __all__ = ["SessionView", "for_terminal", "human_rate", "is_live", "transfer_progress"]
@@ -162,8 +162,9 @@ class SessionView:
             sys.stderr.buffer.write(chunk)
             sys.stderr.buffer.flush()
             return
-        for line in self._decoders[err].feed(chunk):
-            self._print_output(line, err)
+        for piece in pieces(chunk):
+            for line in self._decoders[err].feed(piece):
+                self._print_output(line, err)
 
     def _print_output(self, line: str, err: bool) -> None:
         text = for_terminal(line)

@@ -25,7 +25,7 @@ import shlex
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
-from optio_host._lines import DEFAULT_LINE_LIMIT, Line, LineSplitter, decode_line
+from optio_host._lines import DEFAULT_LINE_LIMIT, Line, LineSplitter, decode_line, pieces
 from optio_host._streams import aclose_iterator
 from optio_host.context import HookContext
 from optio_host.errors import HostConnectionError, SessionFailed
@@ -273,17 +273,19 @@ class _Session:
         chunks = self._host.tail_bytes(self._log_path, offset=offset)
         try:
             async for chunk in chunks:
-                self._received += len(chunk)
-                for line in self._splitter.feed(chunk):
-                    self._dispatching = True
-                    try:
-                        await self._dispatch_line(line)
-                    finally:
-                        self._dispatching = False
-                    self._dispatched = line.end
-                    self._progress.set()
-                    if self._done_seen:
-                        return
+                for piece in pieces(chunk):
+                    self._received += len(piece)
+                    for line in self._splitter.feed(piece):
+                        self._dispatching = True
+                        try:
+                            await self._dispatch_line(line)
+                        finally:
+                            self._dispatching = False
+                        self._dispatched = line.end
+                        self._progress.set()
+                        if self._done_seen:
+                            return
+                    await asyncio.sleep(0)  # thousands of empty lines need not await anything
                 self._progress.set()
         finally:
             await aclose_iterator(chunks)  # stop the host-side tail now
