@@ -11,7 +11,7 @@ __all__ = ["DEFAULT_LINE_LIMIT", "FEED_PIECE", "Line", "LineSplitter", "decode_l
 DEFAULT_LINE_LIMIT: Final = 1024 * 1024
 #: Feed worker bytes in pieces of at most this size: a chunk of bare newlines (a remote read
 #: may be 8 MiB) would otherwise become millions of ``Line`` objects at once (~80 bytes each).
-FEED_PIECE: Final = 16 * 1024
+FEED_PIECE: Final = 4 * 1024
 
 
 def pieces(data: bytes) -> Iterator[bytes]:
