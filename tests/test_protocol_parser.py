@@ -170,8 +170,8 @@ def _events(chunks: list[bytes]) -> tuple[list[LogEvent], LineSplitter]:
     splitter = LineSplitter()
     events = []
     for chunk in chunks:
-        for raw, _ in splitter.feed(chunk):
-            events.append(parse_log_line(decode_line(raw)))
+        for line in splitter.feed(chunk):
+            events.append(parse_log_line(decode_line(line.raw)))
     return events, splitter
 
 

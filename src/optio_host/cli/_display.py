@@ -1,9 +1,15 @@
-"""Output: rich live bars on a terminal, plain lines (no control codes) anywhere else."""
+"""Output: rich live bars on a terminal, plain lines (no control codes) anywhere else.
+
+Worker text (its log lines, its output, names it chose) reaches a terminal only
+through ``for_terminal``: control characters are shown escaped, so OSC/CSI
+sequences cannot retitle the window, move the cursor or hide text.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 from types import TracebackType
@@ -24,10 +30,18 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from optio_host._lines import LineSplitter, decode_line
+from optio_host._lines import DEFAULT_LINE_LIMIT, LineSplitter, decode_line, pieces
 from optio_host._streams import ProgressCallback
 
-__all__ = ["SessionView", "human_rate", "is_live", "is_quiet", "set_quiet", "transfer_progress"]
+__all__ = [
+    "SessionView",
+    "for_terminal",
+    "human_rate",
+    "is_live",
+    "is_quiet",
+    "set_quiet",
+    "transfer_progress",
+]
 
 _quiet = False
 
@@ -40,6 +54,20 @@ def set_quiet(quiet: bool) -> None:
 
 def is_quiet() -> bool:
     return _quiet
+
+
+# C0 (tab aside), DEL, C1, and the invisible marks that reorder or split text (Trojan Source).
+_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def for_terminal(text: str) -> str:
+    """``text`` with control characters shown escaped (``\\x1b``, ``\\u202e``): safe to print."""
+    return _UNSAFE.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def is_live() -> bool:
@@ -68,13 +96,13 @@ def transfer_progress(label: str, total: int) -> Iterator[ProgressCallback]:
         console=Console(highlight=False),
         transient=True,
     )
-    task = progress.add_task(escape(label), total=max(total, 1))
+    task = progress.add_task(escape(for_terminal(label)), total=max(total, 1))
 
     def update(percent: float | None, message: str | None) -> None:
         if percent is not None:
             progress.update(task, completed=total * percent / 100)
         if message:
-            progress.console.print(escape(message))
+            progress.console.print(escape(for_terminal(message)))
 
     with progress:
         yield update
@@ -84,8 +112,9 @@ class SessionView:
     """What a session shows: status lines, the worker's own output, notes, a bar on a terminal.
 
     Plain mode writes status lines and notes to stdout and the worker's output
-    to stderr, unchanged. Live mode prints them above a bar driven by the
-    percents of STATUS lines.
+    to stderr, unchanged unless stderr is a terminal. Live mode prints them above
+    a bar driven by the percents of STATUS lines. Whatever reaches a terminal
+    goes through ``for_terminal``; an output line is cut at ``DEFAULT_LINE_LIMIT``.
     """
 
     def __init__(self, title: str) -> None:
@@ -95,6 +124,7 @@ class SessionView:
         self._console = Console(highlight=False) if self.live else None
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._raw_output = not self.live and not sys.stderr.isatty()
         if self._console is not None:
             self._progress = Progress(
                 SpinnerColumn(),
@@ -105,7 +135,7 @@ class SessionView:
                 console=self._console,
                 transient=True,
             )
-            self._task = self._progress.add_task(escape(title), total=None)
+            self._task = self._progress.add_task(escape(for_terminal(title)), total=None)
 
     def __enter__(self) -> SessionView:
         if self._progress is not None:
@@ -120,7 +150,7 @@ class SessionView:
     ) -> None:
         for err, decoder in self._decoders.items():
             rest = decoder.flush()
-            if rest and self._progress is not None:
+            if rest and not self._raw_output:
                 self._print_output(rest, err)
         if self._progress is not None:
             self._progress.stop()
@@ -129,37 +159,41 @@ class SessionView:
         """A report from the session (STATUS lines, deliverables, other log lines)."""
         if percent is not None:
             self._percent = max(0.0, min(100.0, float(percent)))
+        shown = f"{self._percent:3.0f}%" if percent is not None else "    "
+        text = for_terminal(message) if message else ""
         if self._progress is not None and self._task is not None:
             if percent is not None:
                 self._progress.update(self._task, total=100, completed=self._percent)
-            if message:
-                self._progress.update(self._task, description=escape(_shorten(message, 50)))
-                shown = f"{self._percent:3.0f}%" if percent is not None else "    "
-                self._progress.console.print(f"[dim]{shown}[/dim] {escape(message)}")
-        elif message and not _quiet:
-            shown = f"{self._percent:3.0f}%" if percent is not None else "    "
-            print(f"{shown} {message}", flush=True)
+            if text:
+                self._progress.update(self._task, description=escape(_shorten(text, 50)))
+                self._progress.console.print(f"[dim]{shown}[/dim] {escape(text)}")
+        elif text and not _quiet:
+            print(f"{shown} {text}", flush=True)
 
     def note(self, text: str) -> None:
         """One line of our own (a saved deliverable, an upload)."""
         if self._progress is not None:
-            self._progress.console.print(f"[green]{escape(text)}[/green]")
+            self._progress.console.print(f"[green]{escape(for_terminal(text))}[/green]")
         elif not _quiet:
-            print(text, flush=True)
+            print(for_terminal(text), flush=True)
 
     def output(self, chunk: bytes, *, err: bool) -> None:
-        """Output of the worker process: passed through to stderr, or shown above the bar."""
-        if self._progress is None:
+        """Output of the worker process: passed through to stderr, or shown line by line, escaped."""
+        if self._raw_output:
             sys.stderr.buffer.write(chunk)
             sys.stderr.buffer.flush()
             return
-        for line in self._decoders[err].feed(chunk):
-            self._print_output(line, err)
+        for piece in pieces(chunk):
+            for line in self._decoders[err].feed(piece):
+                self._print_output(line, err)
 
     def _print_output(self, line: str, err: bool) -> None:
+        text = for_terminal(line)
         if self._progress is not None:
             style = "red" if err else "dim"
-            self._progress.console.print(f"[{style}]│ {escape(line)}[/{style}]")
+            self._progress.console.print(f"[{style}]│ {escape(text)}[/{style}]")
+        else:
+            print(text, file=sys.stderr, flush=True)
 
 
 def _shorten(text: str, width: int) -> str:
@@ -167,13 +201,16 @@ def _shorten(text: str, width: int) -> str:
 
 
 class _LineDecoder:
-    """Bytes in any split to complete text lines (invalid UTF-8 replaced)."""
+    """Bytes in any split to complete text lines (invalid UTF-8 replaced, long lines cut)."""
 
     def __init__(self) -> None:
-        self._splitter = LineSplitter()
+        self._splitter = LineSplitter(limit=DEFAULT_LINE_LIMIT)
 
     def feed(self, chunk: bytes) -> list[str]:
-        return [decode_line(raw).rstrip("\r") for raw, _ in self._splitter.feed(chunk)]
+        return [
+            decode_line(line.raw).rstrip("\r") + (f" … ({line.cut} more bytes cut)" if line.cut else "")
+            for line in self._splitter.feed(chunk)
+        ]
 
     def flush(self) -> str:
         """The last line if it had no newline, else ``""``."""

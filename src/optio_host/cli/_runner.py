@@ -10,6 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+from optio_host.cli._display import for_terminal
 from optio_host.errors import HostCommandError, HostConnectionError, HostKeyUnknown, SessionFailed
 
 __all__ = [
@@ -99,7 +100,7 @@ class Interrupt:
 
 def fail(message: str) -> None:
     """Print an error as one line on stderr."""
-    text = " ".join(message.split())
+    text = for_terminal(" ".join(message.split()))  # it may quote worker text (an ERROR line)
     print(f"optio-host: {text}", file=sys.stderr, flush=True)
 
 

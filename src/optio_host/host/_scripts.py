@@ -84,11 +84,41 @@ def command_line(wrapper_args: list[str], login_shell_is_sh: bool) -> str:
     return join(["exec", "/bin/sh", "-c", WRAPPER, "/bin/sh", *wrapper_args])
 
 
-# Follows $1 from byte $2 (1-based) like tail -F; ends when the channel's stdin closes.
-TAIL = r"""tail -c "+$2" -F -s 0.1 -- "$1" 2>/dev/null &
+# Follows $1 from byte $2 (1-based) like tail -F; ends when the channel's stdin closes. Only a
+# regular file is followed: a symlink (say, to /dev/zero or an outside file), FIFO, device or folder
+# at $1 is refused, at the start and whenever it replaces the file later, with exit 3 and
+# "optio-untailable:<code>" on stderr (codes: host/_tailing.py). GNU tail itself already ignores a
+# symlink that replaces the file (with inotify); the check loop catches the rest within _optio_beat.
+TAIL = r"""_optio_kind() {
+  if [ -L "$1" ]; then _optio_bad=link
+  elif [ -p "$1" ]; then _optio_bad=fifo
+  elif [ -d "$1" ]; then _optio_bad=directory
+  elif [ -c "$1" ]; then _optio_bad=char
+  elif [ -b "$1" ]; then _optio_bad=block
+  elif [ -S "$1" ]; then _optio_bad=socket
+  elif [ -e "$1" ] && [ ! -f "$1" ]; then _optio_bad=other
+  else _optio_bad=; fi
+}
+_optio_refuse() { printf 'optio-untailable:%s\n' "$_optio_bad" >&2; exit 3; }
+_optio_beat=0.5
+_optio_kind "$1"
+[ -z "$_optio_bad" ] || _optio_refuse
+tail -c "+$2" -F -s 0.1 -- "$1" 2>/dev/null &
 _optio_tail=$!
-cat >/dev/null
-kill "$_optio_tail" 2>/dev/null
+exec 3<&0
+{ cat <&3 >/dev/null; kill "$_optio_tail"; } 2>/dev/null &
+_optio_eof=$!
+exec 3<&-
+while kill -0 "$_optio_tail" 2>/dev/null; do
+  _optio_kind "$1"
+  if [ -n "$_optio_bad" ]; then
+    kill "$_optio_tail" "$_optio_eof" 2>/dev/null
+    _optio_refuse
+  fi
+  sleep "$_optio_beat"
+done
+_optio_kind "$1"  # tail may have given up on what replaced the file (it cannot seek a FIFO)
+[ -z "$_optio_bad" ] || _optio_refuse
 """
 
 # Upload into $2, a new temporary file in $1 (noclobber: it must not exist), with mode $3

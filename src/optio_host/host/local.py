@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ from optio_host.archive import (
     yield_workdir_archive,
 )
 from optio_host.errors import WORKDIR_SETUP_HINT, CommandNotStarted, command_not_started
+from optio_host.host._tailing import kind_of_mode, untailable
 from optio_host.host._watch import POLL_INTERVAL, FileWatch, watch_file
 from optio_host.host.base import BaseHost, Command, ReleasingIterator
 from optio_host.process import KILL_REAP_WAIT, TERMINATE_GRACE, ProcessHandle, owned_by
@@ -262,13 +264,18 @@ class LocalHost(BaseHost):
     # ---------------------------------------------------------------- tailing
 
     async def tail_bytes(self, absolute_path: str, *, offset: int = 0) -> AsyncIterator[bytes]:
+        """Follow a regular file by name (see ``Host.tail_bytes``); ``OSError`` for anything else.
+
+        A symlink, FIFO, device or folder at the path is refused (``_tailing``), also
+        when it replaces the file later. Reads run in a thread and each one yields to
+        the loop, so neither a slow disk nor an endless writer stalls the process.
+        """
         path = self._resolve(absolute_path)
         if offset < 0:
             raise ValueError(f"offset must not be negative, got {offset}")
         tail = _Tail()
         self._tails.add(tail)
-        fd = -1
-        identity: tuple[int, int] | None = None
+        followed: _FollowedFile | None = None
         position = offset
         try:
             while not tail.stopped:
@@ -276,33 +283,30 @@ class LocalHost(BaseHost):
                     if tail.watch is not None:
                         tail.watch.close()
                     tail.watch = watch_file(path)
-                if fd < 0:
-                    try:
-                        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                    except FileNotFoundError:
+                if followed is None:
+                    followed = _FollowedFile.open(path)
+                    if followed is None:
                         await self._wait(tail)
                         continue
-                    info = os.fstat(fd)
-                    identity = (info.st_dev, info.st_ino)
-                    if info.st_size < position:
+                    if followed.size() < position:
                         position = 0  # shorter than where we were: it was rewritten
-                data = os.pread(fd, CHUNK_SIZE, position)
+                data = await followed.read(position)
                 if data:
                     position += len(data)
                     yield data
                     continue
-                if os.fstat(fd).st_size < position:
+                if followed.size() < position:
                     position = 0  # truncated: start over, like tail -F
                     continue
-                if _identity(path) not in (identity, None):
-                    os.close(fd)  # replaced by a new file: follow the name
-                    fd = -1
+                if followed.replaced():
+                    followed.close()  # replaced by a new file: follow the name
+                    followed = None
                     position = 0
                     continue
                 await self._wait(tail)
         finally:
-            if fd >= 0:
-                os.close(fd)
+            if followed is not None:
+                followed.close()
             if tail.watch is not None:
                 tail.watch.close()
             self._tails.discard(tail)
@@ -369,12 +373,75 @@ def _chunks_of(fd: int) -> ReleasingIterator:
     return ReleasingIterator(chunks(), release)
 
 
-def _identity(path: str) -> tuple[int, int] | None:
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return info.st_dev, info.st_ino
+class _FollowedFile:
+    """One open descriptor of a followed regular file.
+
+    Reads run in a worker thread (a slow disk stalls the tail, not the loop). A
+    read cancelled mid-way goes on in its thread, so the descriptor is closed
+    only when that read has ended: its number must not be reused under it.
+    """
+
+    def __init__(self, path: str, fd: int, info: os.stat_result) -> None:
+        self._path = path
+        self._fd = fd
+        self._identity = (info.st_dev, info.st_ino)
+        self._pending: asyncio.Future[bytes] | None = None
+
+    @classmethod
+    def open(cls, path: str) -> _FollowedFile | None:
+        """Open ``path`` if it is a regular file; ``None`` if it does not exist (yet)."""
+        try:
+            kind = kind_of_mode(os.lstat(path).st_mode)
+            if kind is not None:
+                raise untailable(path, kind)  # not even opened: a device open may act
+            # O_NOFOLLOW and O_NONBLOCK: a link or FIFO swapped in since the lstat fails or
+            # opens at once (and is refused below) instead of being followed or blocking.
+            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise untailable(path, "link") from None
+            raise
+        info = os.fstat(fd)
+        kind = kind_of_mode(info.st_mode)
+        if kind is not None:
+            os.close(fd)
+            raise untailable(path, kind)
+        return cls(path, fd, info)
+
+    async def read(self, position: int) -> bytes:
+        """Up to ``CHUNK_SIZE`` bytes at ``position`` (``b""`` at the end)."""
+        loop = asyncio.get_running_loop()
+        self._pending = loop.run_in_executor(None, os.pread, self._fd, CHUNK_SIZE, position)
+        data = await asyncio.shield(self._pending)
+        self._pending = None
+        return data
+
+    def size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def replaced(self) -> bool:
+        """Whether something else (a new file, a link) now stands at the path."""
+        try:
+            info = os.lstat(self._path)
+        except FileNotFoundError:
+            return False  # removed: keep reading what we have, like tail -F
+        return (info.st_dev, info.st_ino) != self._identity
+
+    def close(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.done():
+            pending.add_done_callback(functools.partial(_close_after_read, self._fd))
+        else:
+            os.close(self._fd)
+
+
+def _close_after_read(fd: int, read: asyncio.Future[bytes]) -> None:
+    if not read.cancelled():
+        read.exception()  # retrieved: a failed read nobody awaits any more is not an error
+    os.close(fd)
 
 
 def _folder_exists(path: str) -> bool:

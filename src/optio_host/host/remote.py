@@ -18,9 +18,14 @@ from optio_host.host import _remote_archive
 from optio_host.host import _scripts as scripts
 from optio_host.host._remote_files import RemoteFiles
 from optio_host.host._ssh import describe
+from optio_host.host._tailing import untailable
 from optio_host.quoting import script_argv
 
 __all__ = ["RemoteHost"]
+
+
+#: How the tail snippet (``scripts.TAIL``) reports a refused path on stderr.
+_UNTAILABLE = b"optio-untailable:"
 
 
 class RemoteHost(RemoteFiles):
@@ -54,6 +59,7 @@ class RemoteHost(RemoteFiles):
     # ---------------------------------------------------------------- tailing
 
     async def tail_bytes(self, absolute_path: str, *, offset: int = 0) -> AsyncIterator[bytes]:
+        """Follow a regular file by name (``scripts.TAIL``); ``OSError`` for anything else there."""
         path = self._resolve(absolute_path)
         if offset < 0:
             raise ValueError(f"offset must not be negative, got {offset}")
@@ -72,6 +78,10 @@ class RemoteHost(RemoteFiles):
                 raise HostConnectionError(
                     f"lost the connection to {describe(self.ssh_config)} while following {path}"
                 )
+            if self._pool is not None and handle.stderr is not None:
+                report = b"".join([chunk async for chunk in handle.stderr])  # one short line at most
+                if report.startswith(_UNTAILABLE):
+                    raise untailable(path, report[len(_UNTAILABLE) :].decode(errors="replace").strip())
         finally:
             self._tails.discard(process)
             # Closing stdin ends the remote tail (its watchdog sees EOF); over a dead connection

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Final, TypeVar
 
-from optio_host._lines import LineSplitter, decode_line
+from optio_host._lines import DEFAULT_LINE_LIMIT, LineSplitter, decode_line, pieces
 from optio_host._streams import aclose_iterator
 from optio_host.context import HookContext
 from optio_host.errors import HostConnectionError, SessionFailed
@@ -90,6 +90,8 @@ _T = TypeVar("_T")
 
 #: How often ``ctx.should_continue()`` is polled when the context has no cancellation event.
 CANCEL_POLL_INTERVAL: Final = 0.1
+#: Log lines dispatched between two yields to the event loop (empty lines await nothing).
+LINES_PER_YIELD: Final = 64
 
 #: After ``body`` returns without ``DONE``: how long the tail may take to read what the log holds.
 CATCH_UP_TIMEOUT: Final = 5.0
@@ -117,6 +119,7 @@ async def run_log_protocol_session(
     on_deliverable_file: DeliverableFileCallback | None = None,
     on_deliverable_skipped: SkipCallback | None = None,
     reconnect_timeout: float = RECONNECT_TIMEOUT,
+    max_line_bytes: int = DEFAULT_LINE_LIMIT,
 ) -> None:
     """Run ``body`` on ``host`` while following its ``optio.log``; see the module docstring.
 
@@ -144,6 +147,10 @@ async def run_log_protocol_session(
     ``reconnect_timeout`` seconds without a connection; past that the
     session fails with ``SessionFailed``. For the worker itself to survive,
     start it with ``host.launch_detached`` and wait with its ``wait()``.
+
+    A log line longer than ``max_line_bytes`` is cut there (the cut is reported),
+    so memory stays bounded whatever the worker writes. A log that is replaced
+    by a symlink, FIFO or other non-regular file fails the session.
     """
     if on_deliverable is not None and on_deliverable_file is not None:
         raise ValueError("pass on_deliverable (text) or on_deliverable_file (files), not both")
@@ -154,6 +161,7 @@ async def run_log_protocol_session(
             host, ctx, hook_ctx, on_deliverable, on_deliverable_file, on_deliverable_skipped
         )
         session = _Session(host, ctx, hook_ctx, handler, reconnect_timeout)
+        session.limit_lines(max_line_bytes)
         await session.prepare()
         if before_execute is not None:
             await before_execute(hook_ctx)
@@ -197,6 +205,7 @@ class _Session:
         self._links = _Reconnector(host, ctx, self._log_path, reconnect_timeout)
         self._queue: asyncio.Queue[tuple[str, str] | _Done] = asyncio.Queue(DELIVERABLE_QUEUE_BOUND)
         self._bytes_tail = hasattr(host, "tail_bytes")  # else 0.1.2's tail_file (lines)
+        self._max_line = DEFAULT_LINE_LIMIT
         self._splitter = LineSplitter()
         self._received = 0  # bytes read from the log, partial line included
         # Offset just past the last line fully dispatched: where a restarted tail resumes, so
@@ -210,6 +219,12 @@ class _Session:
         self._error: BaseException | None = None
 
     # ---------------------------------------------------------------- setup
+
+    def limit_lines(self, max_line_bytes: int) -> None:
+        """Cut log lines past ``max_line_bytes`` (``ValueError`` unless at least 1)."""
+        if not isinstance(max_line_bytes, int) or max_line_bytes < 1:
+            raise ValueError(f"max_line_bytes must be a positive int, got {max_line_bytes!r}")
+        self._max_line = max_line_bytes
 
     async def prepare(self) -> None:
         await self._host.setup_workdir()
@@ -286,6 +301,8 @@ class _Session:
             except HostConnectionError as exc:
                 await self._links.reconnect(exc, "following the log")
                 continue
+            except OSError as exc:  # say, the worker replaced its log with a symlink or a FIFO
+                raise SessionFailed(f"cannot follow the worker's log: {exc}") from exc
             break
         if not self._done_seen:
             raise EndedWithoutDone(
@@ -294,18 +311,22 @@ class _Session:
 
     async def _follow(self, offset: int) -> None:
         """Read the log from ``offset`` until ``DONE``; return early only if the tail ends."""
-        self._splitter = LineSplitter(offset)
+        self._splitter = LineSplitter(offset, limit=self._max_line)
         self._received = offset
         chunks = self._host.tail_bytes(self._log_path, offset=offset)
         try:
             async for chunk in chunks:
-                self._received += len(chunk)
-                for raw, end in self._splitter.feed(chunk):
-                    await self._line(decode_line(raw))
-                    self._dispatched = end
-                    self._progress.set()
-                    if self._done_seen:
-                        return
+                for piece in pieces(chunk):
+                    self._received += len(piece)
+                    for line in self._splitter.feed(piece):
+                        await self._line(
+                            decode_line(line.raw), cut=line.cut, end=line.end, kept=len(line.raw)
+                        )
+                        self._dispatched = line.end
+                        self._progress.set()
+                        if self._done_seen:
+                            return
+                    await asyncio.sleep(0)
                 self._progress.set()
         finally:
             await aclose_iterator(chunks)  # stop the host-side tail now
@@ -315,20 +336,29 @@ class _Session:
         lines = self._host.tail_file(self._log_path)
         try:
             async for line in lines:
-                await self._line(line)
+                await self._line(line[: self._max_line])
                 self._progress.set()
                 if self._done_seen:
                     return
         finally:
             await aclose_iterator(lines)
 
-    async def _line(self, text: str) -> None:
+    async def _line(self, text: str, *, cut: int = 0, end: int = 0, kept: int = 0) -> None:
         self._dispatching = True
         try:
+            if cut:
+                # Before the line's own event: an ERROR or DONE line ends the session.
+                self._ctx.report_progress(
+                    None,
+                    f"A line of {LOG_NAME} ending at byte {end} was cut at {kept} bytes: "
+                    f"the other {cut} bytes were dropped",
+                )
             await self._dispatch(parse_log_line(text))
         finally:
             self._dispatching = False
             self._lines += 1
+        if self._lines % LINES_PER_YIELD == 0:
+            await asyncio.sleep(0)  # thousands of empty lines need not await anything
 
     async def _dispatch(self, event: LogEvent) -> None:
         if isinstance(event, StatusEvent):
@@ -372,7 +402,7 @@ class _Session:
         if not self._done_seen and rest:
             # A last line without its newline (``printf DONE``): the body is over, so the line is
             # complete. The tail is idle here (everything before it was dispatched).
-            await self._dispatch(parse_log_line(decode_line(rest)))
+            await self._dispatch(parse_log_line(decode_line(rest[: self._max_line])))
         if self._done_seen:
             return
         raise EndedWithoutDone(
