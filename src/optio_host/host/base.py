@@ -89,20 +89,14 @@ class BaseHost(Transfers):
                 code = await complete()
         except TimeoutError:
             await handle.kill()
-            killed = handle.returncode
-            raise CommandTimeout(
-                cmd,
-                timeout or 0.0,
-                out.decode(errors="replace"),
-                err.decode(errors="replace"),
-                killed if killed is not None else -9,
-            ) from None
+            code = handle.returncode if handle.returncode is not None else -9
+            raise CommandTimeout(cmd, timeout or 0.0, _text(out), _text(err), code) from None
         except BaseException:
             # Cancelled or failed while running: leave no process behind.
             await handle.kill()
             raise
         await handle.aclose()  # it has exited: reap it and close its pipes or channel
-        result = RunResult(out.decode(errors="replace"), err.decode(errors="replace"), code)
+        result = RunResult(_text(out), _text(err), code)
         if check and code != 0:
             raise HostCommandError(cmd, code, result.stdout, result.stderr)
         return result
@@ -156,3 +150,7 @@ async def _feed(handle: ProcessHandle, data: bytes | None) -> None:
         await handle.stdin.wait_closed()
     except (BrokenPipeError, ConnectionResetError):
         pass  # the command did not read all of its input; its exit code tells
+
+
+def _text(output: bytearray) -> str:
+    return output.decode(errors="replace")
