@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -94,3 +95,31 @@ async def test_cancelling_run_kills_the_whole_tree(host: Host) -> None:
 async def test_many_concurrent_runs(host: Host) -> None:
     results = await asyncio.gather(*(host.run(["echo", str(n)]) for n in range(50)))
     assert [r.stdout for r in results] == [f"{n}\n" for n in range(50)]
+
+
+async def test_run_streams_input_and_output(host: Host) -> None:
+    seen: list[bytes] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"first\n"
+        yield b"second\n"
+
+    result = await host.run(["cat"], input=chunks(), on_stdout=seen.append, timeout=30)
+    assert b"".join(seen) == b"first\nsecond\n"
+    assert result.stdout == "" and result.exit_code == 0
+
+
+async def test_a_handle_owns_its_process_and_a_cancelled_close_still_ends_it(host: Host) -> None:
+    async with await host.launch_subprocess("echo ready; exec sleep 60") as handle:
+        assert await anext(handle.stdout) == b"ready\n"
+    assert handle.returncode is not None  # async with ended it
+
+    stubborn = await host.launch_subprocess("trap '' TERM; echo ready; while :; do sleep 1; done")
+    assert await anext(stubborn.stdout) == b"ready\n"
+    closing = asyncio.ensure_future(stubborn.aclose())  # TERM is ignored: it would wait 5 s
+    await asyncio.sleep(0.3)
+    closing.cancel()
+    async with asyncio.timeout(10):
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+    assert stubborn.returncode is not None  # killed at once on the cancel, then re-raised

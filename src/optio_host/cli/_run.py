@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sys
-from collections.abc import AsyncIterator
-from typing import Any, BinaryIO
+from collections.abc import Callable
+from typing import BinaryIO
 
 import click
 
@@ -14,8 +12,8 @@ from optio_host.cli._paths import host_path
 from optio_host.cli._runner import EXIT_TIMEOUT, CliError, Interrupt, run_async
 from optio_host.cli._stdio import stdin_chunks, stdin_to_forward
 from optio_host.cli._target import describe_target, env_option, host_options
+from optio_host.errors import CommandTimeout, ProgramNotExecutable, ProgramNotFound
 from optio_host.host import make_host
-from optio_host.process import ProcessHandle
 from optio_host.types import SSHConfig
 
 __all__ = ["run"]
@@ -53,26 +51,12 @@ def run(
     return run_async(lambda interrupt: _run(interrupt, ssh_config, list(command), cwd, env, timeout, forward))
 
 
-async def _pump(chunks: AsyncIterator[bytes] | None, sink: BinaryIO) -> None:
-    if chunks is None:
-        return
-    async for chunk in chunks:
+def _write_to(sink: BinaryIO) -> Callable[[bytes], None]:
+    def write(chunk: bytes) -> None:
         sink.write(chunk)
         sink.flush()
 
-
-async def _feed(handle: ProcessHandle) -> None:
-    """Copy our stdin to the command's, then close it (the command sees end of file)."""
-    writer: Any = handle.stdin
-    try:
-        async for chunk in stdin_chunks():
-            writer.write(chunk)
-            await writer.drain()
-    except (BrokenPipeError, ConnectionError, OSError):
-        return  # the command stopped reading (or ended): nothing more to give it
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
+    return write
 
 
 async def _run(
@@ -85,40 +69,30 @@ async def _run(
     forward_stdin: bool,
 ) -> int:
     async with make_host(ssh=ssh_config) as host:
+        where = describe_target(ssh_config)
         directory = await host_path(host, cwd if cwd is not None else ".", local=ssh_config is None)
         if (await host.run(["test", "-d", directory], cwd="/")).exit_code != 0:
-            raise CliError(f"{cwd or directory}: no such folder on {describe_target(ssh_config)}")
+            raise CliError(f"{cwd or directory}: no such folder on {where}")
         try:
-            handle = await host.launch_subprocess(
-                argv, cwd=directory, env=env, merge_stderr=False, stdin=forward_stdin
-            )
-        except FileNotFoundError:
-            raise CliError(f"{argv[0]}: command not found on {describe_target(ssh_config)}", 127) from None
-        except PermissionError:
-            raise CliError(f"{argv[0]}: permission denied (not executable?)", 126) from None
-
-        async def complete() -> int:
-            feeder = asyncio.ensure_future(_feed(handle)) if forward_stdin else None
-            try:
-                await asyncio.gather(
-                    _pump(handle.stdout, sys.stdout.buffer), _pump(handle.stderr, sys.stderr.buffer)
+            result = await interrupt.race(
+                host.run(
+                    argv,
+                    cwd=directory,
+                    env=env,
+                    input=stdin_chunks() if forward_stdin else None,
+                    timeout=timeout,
+                    on_stdout=_write_to(sys.stdout.buffer),
+                    on_stderr=_write_to(sys.stderr.buffer),
                 )
-                return await handle.wait()
-            finally:
-                if feeder is not None:
-                    feeder.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await feeder
-
-        try:
-            code = await interrupt.race(asyncio.wait_for(complete(), timeout))
-        except TimeoutError:
-            await asyncio.shield(host.terminate_subprocess(handle, aggressive=True))
+            )
+        except ProgramNotFound:
+            raise CliError(f"{argv[0]}: command not found on {where}", 127) from None
+        except ProgramNotExecutable:
+            raise CliError(f"{argv[0]}: permission denied (not executable?)", 126) from None
+        except CommandTimeout:
             raise CliError(
                 f"timed out after {timeout:g} s; the command and its children were killed", EXIT_TIMEOUT
             ) from None
-        finally:
-            if handle.returncode is None:
-                await asyncio.shield(host.terminate_subprocess(handle))
     # A command killed by a signal reports -N; shells report that as 128+N.
+    code = result.exit_code
     return 128 - code if code < 0 else code

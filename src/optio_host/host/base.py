@@ -49,7 +49,7 @@ class BaseHost(Transfers):
         *,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
-        input: str | bytes | None = None,
+        input: str | bytes | AsyncIterator[bytes] | None = None,
         timeout: float | None = None,
         check: bool = False,
         on_stdout: Callable[[bytes], object] | None = None,
@@ -59,16 +59,17 @@ class BaseHost(Transfers):
         """Run ``cmd`` to completion and return its decoded output and exit code.
 
         ``cmd`` is an argv sequence (no shell) or a shell string; ``env`` and
-        ``env_remove`` act as in ``launch_subprocess``. ``input`` is
-        fed to stdin. After ``timeout`` seconds the whole process tree is
-        killed and ``CommandTimeout`` raised. ``check=True`` raises
-        ``HostCommandError`` on a non-zero exit. ``on_stdout``/``on_stderr``
-        stream that output as it comes (each chunk of bytes is passed to the
-        callable, and the result's field stays empty) instead of collecting it.
+        ``env_remove`` act as in ``launch_subprocess``. ``input`` (``str``,
+        ``bytes``, or an async iterator of bytes, streamed) is fed to stdin.
+        After ``timeout`` seconds the whole process tree is killed and
+        ``CommandTimeout`` raised. ``check=True`` raises ``HostCommandError``
+        on a non-zero exit. ``on_stdout``/``on_stderr`` stream that output as
+        it comes (each chunk of bytes is passed to the callable, and the
+        result's field stays empty) instead of collecting it.
         """
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
-        data = input.encode() if isinstance(input, str) else input
+        data: bytes | AsyncIterator[bytes] | None = input.encode() if isinstance(input, str) else input
         handle = await self.launch_subprocess(
             cmd, env=env, cwd=cwd, merge_stderr=False, stdin=data is not None, env_remove=env_remove
         )
@@ -138,14 +139,19 @@ async def _collect(
                 stream(chunk)
 
 
-async def _feed(handle: ProcessHandle, data: bytes | None) -> None:
+async def _feed(handle: ProcessHandle, data: bytes | AsyncIterator[bytes] | None) -> None:
     """Write ``data`` to the process's stdin, then close it."""
     if handle.stdin is None or data is None:
         return
     try:
-        if data:
-            handle.stdin.write(data)
-            await handle.stdin.drain()
+        if isinstance(data, bytes):
+            if data:
+                handle.stdin.write(data)
+                await handle.stdin.drain()
+        else:
+            async for chunk in data:
+                handle.stdin.write(chunk)
+                await handle.stdin.drain()
         handle.stdin.close()
         await handle.stdin.wait_closed()
     except (BrokenPipeError, ConnectionResetError):

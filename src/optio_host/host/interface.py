@@ -118,7 +118,7 @@ class Host(Protocol):
         *,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
-        input: str | bytes | None = None,
+        input: str | bytes | AsyncIterator[bytes] | None = None,
         timeout: float | None = None,
         check: bool = False,
         env_remove: Sequence[str] | None = None,
