@@ -203,8 +203,7 @@ async def _to_stdout(host: Host, source: str, sha256: str | None, where: str) ->
         errors = b"".join([chunk async for chunk in handle.stderr]) if handle.stderr is not None else b""
         code = await handle.wait()
     finally:
-        if handle.returncode is None:
-            await host.terminate_subprocess(handle, aggressive=True)
+        await handle.kill()  # ended already on success: this only closes it
     if code != 0:
         raise CliError(f"{where}{source}: {errors.decode(errors='replace').strip() or f'cat exit {code}'}")
     if sha256 is not None and tap.hexdigest() != sha256:

@@ -61,7 +61,7 @@ async def archive_workdir(host: RemoteHost, exclude: Sequence[str] | None) -> As
     finally:
         reader.cancel()
         if handle.returncode is None:
-            await asyncio.shield(host._kill_quietly(handle))
+            await handle.kill()
 
 
 async def restore_workdir(
@@ -96,7 +96,7 @@ async def _unpack(host: RemoteHost, archive: CheckedArchive, staging: str) -> No
         output = await _feed(handle, archive)
         code = await handle.wait()
     except BaseException:
-        await asyncio.shield(host._kill_quietly(handle))
+        await handle.kill()
         raise
     status = output.rsplit("optio-restore:", 1)[-1].split()
     if code != 0 or sorted(status) != ["t0", "z0"] or not archive.verified:

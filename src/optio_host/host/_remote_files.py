@@ -124,7 +124,7 @@ class RemoteFiles(RemoteProcesses):
         return await handle.wait(), output.decode(errors="replace").strip()
 
     async def _discard(self, handle: ProcessHandle, temp: str) -> None:
-        await self._kill_quietly(handle)
+        await handle.kill()
         self._orphans.add(temp)
         if self._is_open():  # else once reconnected (_clean_up): waiting here would delay the error
             with contextlib.suppress(Exception):
@@ -170,7 +170,7 @@ class RemoteFiles(RemoteProcesses):
                 errors = b"".join([piece async for piece in handle.stderr or _empty()])
                 raise OSError(f"cannot read {path} on the host: {errors.decode(errors='replace').strip()}")
         except BaseException:
-            await asyncio.shield(self._kill_quietly(handle))
+            await handle.kill()
             raise
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -182,7 +182,7 @@ class RemoteFiles(RemoteProcesses):
 
         async def release() -> None:
             if handle.returncode is None:
-                await self._kill_quietly(handle)
+                await handle.kill()
 
         return int(header), ReleasingIterator(chunks(), release)
 
