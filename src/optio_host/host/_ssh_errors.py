@@ -228,7 +228,7 @@ def load_client_keys(path: str) -> Any:
             f"private key file {path} is a folder; give the key file itself (e.g. {path}/id_ed25519) "
             "with -i / SSHConfig.key_path",
             path=path,
-            problem="invalid",
+            problem="unreadable",
         ) from None
     except OSError as exc:
         raise KeyFileError(
