@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from optio_host.cli import _demo_chart, main
 from optio_host.cli._paths import host_path
-from optio_host.cli._session import _Saver
+from optio_host.cli._session import _plain_exception, _Saver
 from optio_host.cli._target import hoist_host_options, parse_ssh_target
 from optio_host.testing import SshServer
 
@@ -374,10 +374,51 @@ def test_ssh_accepts_an_alias_from_ssh_config(optio_sshd: SshServer, tmp_path: P
     assert result.stdout == f"{optio_sshd.user}\n"
 
 
-def test_missing_identity_file_is_one_line(tmp_path: Path) -> None:
-    result = cli("run", "--ssh", "me@127.0.0.1", "-i", str(tmp_path / "nope"), "--", "true")
-    assert result.returncode == 1
-    assert_one_line_error(result.stderr, "identity file not found")
+def test_every_unusable_identity_file_is_one_line_and_exit_255(tmp_path: Path) -> None:
+    # (Unreadable is the same path in the code; this suite runs as root, who reads everything.)
+    key = tmp_path / "key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    locked = tmp_path / "locked"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(locked)], check=True)
+    cases = {
+        str(tmp_path / "nope"): ["does not exist", "-i"],
+        str(tmp_path): ["is a folder", "the key file itself"],
+        f"{key}.pub": ["public key", f"({key})"],
+        str(locked): ["encrypted", f"ssh-add {locked}"],
+    }
+    # Nothing listens on port 1: every one of these fails before dialling.
+    results = cli_many(*[["run", "--ssh", "me@127.0.0.1:1", "-i", path, "--", "true"] for path in cases])
+    for (path, fragments), result in zip(cases.items(), results, strict=True):
+        assert result.returncode == 255, result.stderr
+        assert_one_line_error(result.stderr, f"private key file {path}", *fragments)
+
+
+@pytest.mark.timeout(60)
+def test_a_missing_known_hosts_file_is_named_with_a_fix_that_works(
+    optio_sshd: SshServer, tmp_path: Path
+) -> None:
+    absent = tmp_path / "kh"
+    no_folder = tmp_path / "nowhere" / "kh"
+    strict_absent, strict_no_folder, accept_no_folder = cli_many(
+        ["run", *ssh_args(optio_sshd, known_hosts=str(absent)), "--", "true"],
+        ["run", *ssh_args(optio_sshd, known_hosts=str(no_folder)), "--", "true"],
+        ["run", *ssh_args(optio_sshd, known_hosts=str(no_folder)), "--accept-new", "--", "true"],
+    )
+    assert strict_absent.returncode == 255
+    assert_one_line_error(strict_absent.stderr, f"{absent} does not exist", "ssh-keyscan", "--accept-new")
+    assert strict_no_folder.returncode == 255
+    assert_one_line_error(
+        strict_no_folder.stderr,
+        f"known_hosts file {no_folder} does not exist, nor does its folder {no_folder.parent}",
+        "--known-hosts",
+        f"mkdir -p {no_folder.parent}",
+    )
+    assert "ssh-keyscan" not in strict_no_folder.stderr
+    assert accept_no_folder.returncode == 255
+    assert_one_line_error(
+        accept_no_folder.stderr, "cannot be recorded", f"folder {no_folder.parent}", "does not exist"
+    )
+    assert not no_folder.parent.exists()  # an explicit path's folder is never made up
 
 
 # ---------------------------------------------------------------- put / get
@@ -592,9 +633,56 @@ def test_session_names_each_skipped_deliverable_and_exits_3(target: Target, tmp_
     assert any(
         line.startswith("skipped pipe: fetch failed: ") and "not a regular file" in line for line in lines
     )
+    assert not any("Error(" in line for line in lines), lines  # messages, not reprs
     assert "skipped ../../etc/passwd: invalid deliverable path '../../etc/passwd'" in lines
     assert (out / "ok.txt").read_bytes() == b"ok"
     assert not (out / "pipe").exists()
+
+
+def test_session_names_absolute_outputs_as_given_and_says_when_there_are_none(
+    target: Target, tmp_path: Path
+) -> None:
+    out = tmp_path / "elsewhere" / "out"
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    one = (
+        'echo 1 > deliverables/one.txt; printf "DELIVERABLE: deliverables/one.txt\\nDONE\\n" >> "$OPTIO_LOG"'
+    )
+    saved, nothing = cli_many(
+        ["session", *target.args, "--out", str(out), "--", "sh", "-c", one],
+        ["session", *target.args, "--out", str(out), "--", "sh", "-c", 'echo DONE >> "$OPTIO_LOG"'],
+        cwd=inside,
+    )
+    assert saved.returncode == 0, saved.stderr
+    assert saved.stdout.splitlines()[-2:] == [
+        f"saved {out}/one.txt (2 bytes)",
+        f"done: 1 deliverable(s) saved in {out}",
+    ]
+    assert nothing.returncode == 0, nothing.stderr
+    assert nothing.stdout.splitlines() == ["done: no deliverables"]
+
+
+@pytest.mark.parametrize(
+    ("reported", "shown"),
+    [
+        ("fetch failed: PermissionError(13, 'Permission denied')", "fetch failed: Permission denied"),
+        ("Deliverable d: fetch failed: ValueError('not a regular file'), skipping",
+         "Deliverable d: fetch failed: not a regular file, skipping"),
+        ("fetch failed: TimeoutError()", "fetch failed: TimeoutError"),
+        ("fetch failed: Odd(object())", "fetch failed: Odd(object())"),  # not a literal: as it is
+        ("not found", "not found"),
+    ],
+)  # fmt: skip
+def test_skip_reasons_show_the_exception_message_not_its_repr(reported: str, shown: str) -> None:
+    assert _plain_exception(reported) == shown
+
+
+@given(st.text())
+def test_skip_reason_rendering_never_raises_and_keeps_plain_text(text: str) -> None:
+    shown = _plain_exception(text)
+    assert isinstance(shown, str)
+    if "(" not in text:
+        assert shown == text
 
 
 def test_session_keep_names_a_log_that_exists(target: Target, tmp_path: Path) -> None:
@@ -758,6 +846,22 @@ def test_session_on_a_terminal_finishes_with_a_summary(tmp_path: Path, worker_sc
 
 
 @pytest.mark.timeout(30)
+def test_session_on_a_terminal_ends_with_done_after_a_skipped_deliverable(tmp_path: Path) -> None:
+    script = (
+        'echo "STATUS: 50% working" >> "$OPTIO_LOG"; '
+        'printf "DELIVERABLE: deliverables/gone\\nDONE\\n" >> "$OPTIO_LOG"'
+    )
+    child = spawn("session", "--out", str(tmp_path / "out"), "--", "sh", "-c", script)
+    child.expect("skipped gone: not found")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 3
+    shown = child.before.decode()
+    last_bar = shown[: shown.rindex("100%")].rsplit("\r", 1)[-1].rsplit("\n", 1)[-1]
+    assert "done" in last_bar and "not found" not in last_bar, repr(last_bar)
+
+
+@pytest.mark.timeout(30)
 def test_put_on_a_terminal_shows_bytes_and_rate(tmp_path: Path) -> None:
     source = tmp_path / "two-megabytes.bin"
     source.write_bytes(random.randbytes(2_000_000))
@@ -874,8 +978,8 @@ def test_recursive_put_and_get_keep_names_bytes_and_modes(target: Target, tmp_pa
     assert no_r.returncode == 2
     assert_one_line_error(no_r.stderr, "add -r")
     no_r_get = cli("get", *target.args, fresh, str(tmp_path / "y"))
-    assert no_r_get.returncode == 1
-    assert_one_line_error(no_r_get.stderr, "add -r")
+    assert no_r_get.returncode == 2  # a usage error, like put's
+    assert_one_line_error(no_r_get.stderr, "is a folder", "add -r")
 
 
 def test_quiet_prints_nothing_but_errors(target: Target, tmp_path: Path) -> None:

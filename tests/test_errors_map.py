@@ -183,7 +183,7 @@ def test_unusable_key_files_name_the_file_and_the_fix(tmp_path: Path, problem: s
     assert str(key) in message
     fixes = {
         "missing": "check -i",
-        "unreadable": "permissions",
+        "unreadable": "is a folder; give the key file itself",  # (the folder stands in: root reads all)
         "public-key": str(tmp_path / "id_test") + ")",
         "encrypted": "ssh-add",
         "invalid": "not a private key",

@@ -76,6 +76,7 @@ async def test_default_policy_is_strict(
 
 
 async def test_accept_new_records_then_refuses_a_changed_key(server: SshServer, tmp_path: object) -> None:
+    os.mkdir(os.path.join(str(tmp_path), "ssh"))  # only ~/.ssh is created when missing
     known = os.path.join(str(tmp_path), "ssh", "known_hosts")
     config = server.ssh_config(host_key_policy="accept-new", known_hosts=known)
     assert await _whoami(config) == server.user
@@ -91,6 +92,30 @@ async def test_accept_new_records_then_refuses_a_changed_key(server: SshServer, 
     assert isinstance(caught.value, HostKeyChanged) and caught.value.reason == "changed"
     with open(known) as handle:
         assert handle.read() == recorded  # the changed key was not recorded
+
+
+async def test_a_missing_known_hosts_folder_is_named_and_only_ssh_is_created(
+    optio_sshd: SshServer, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    typo = os.path.join(str(tmp_path), "typo", "known_hosts")
+    with pytest.raises(HostKeyUnknown, match="cannot be recorded") as caught:
+        await _whoami(optio_sshd.ssh_config(host_key_policy="accept-new", known_hosts=typo))
+    message = str(caught.value)
+    assert f"mkdir -p {os.path.dirname(typo)}" in message and "ssh-keyscan" not in message
+    assert caught.value.fingerprint is not None and caught.value.fingerprint in message
+    assert not os.path.exists(os.path.dirname(typo))  # an explicit path's folder is never made up
+    with pytest.raises(HostKeyUnknown, match="does not exist, nor does its folder") as caught:
+        await _whoami(optio_sshd.ssh_config(known_hosts=typo))  # strict
+    assert "ssh-keyscan" not in str(caught.value)
+    # The default ~/.ssh is created, as OpenSSH does.
+    home = os.path.join(str(tmp_path), "home")
+    os.mkdir(home)
+    monkeypatch.setenv("HOME", home)
+    assert (
+        await _whoami(optio_sshd.ssh_config(host_key_policy="accept-new", known_hosts=None))
+        == optio_sshd.user
+    )
+    assert os.path.isfile(os.path.join(home, ".ssh", "known_hosts"))
 
 
 def _key_line(server: SshServer, marker: str = "", pattern: str | None = None, key: str | None = None) -> str:

@@ -10,8 +10,10 @@ also come before it), a command after ``--``::
     optio-host demo
 
 Exit codes: the command's own for ``run`` (124 on timeout), 0/1 otherwise,
-2 for usage errors, 124 when ``session --timeout`` ran out, 130 after Ctrl-C,
-255 when the host cannot be reached (like ssh). Errors are one line on stderr.
+2 for usage errors (a folder without ``-r`` too), 3 when ``session`` saw DONE
+but skipped a deliverable, 124 when ``session --timeout`` ran out, 130 after
+Ctrl-C, 255 when the host cannot be reached (like ssh) or the ``-i`` key file
+cannot be used. Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -22,16 +24,13 @@ from collections.abc import Sequence
 import click
 
 from optio_host.cli._run import run
-from optio_host.cli._runner import set_time_limit
+from optio_host.cli._runner import EXIT_USAGE, set_time_limit
 from optio_host.cli._session import demo, session
 from optio_host.cli._target import hoist_host_options
 from optio_host.cli._transfer import get, put
 from optio_host.cli._tunnel import tunnel
 
 __all__ = ["cli", "main"]
-
-#: Like most Unix tools (and click): a bad command line.
-EXIT_USAGE = 2
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -170,6 +170,12 @@ class SessionView:
         elif text and not _quiet:
             print(f"{shown} {text}", flush=True)
 
+    def complete(self) -> None:
+        """The session ended with DONE: a full bar saying so (not the last message, maybe a skip)."""
+        self._percent = 100.0
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, total=100, completed=100, description="done")
+
     def note(self, text: str) -> None:
         """One line of our own (a saved deliverable, an upload)."""
         if self._progress is not None:

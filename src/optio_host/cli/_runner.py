@@ -16,6 +16,7 @@ from optio_host.errors import HostCommandError, HostConnectionError, HostKeyUnkn
 __all__ = [
     "EXIT_CONNECTION",
     "EXIT_TIMEOUT",
+    "EXIT_USAGE",
     "CliError",
     "Interrupt",
     "Interrupted",
@@ -28,6 +29,9 @@ T = TypeVar("T")
 
 #: Signals that stop a command cleanly (Ctrl-C, kill, a closed terminal).
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+#: Like most Unix tools (and click): a bad command line.
+EXIT_USAGE = 2
 
 #: Like ssh: the host could not be reached, refused us, or the link dropped.
 EXIT_CONNECTION = 255
@@ -109,7 +113,8 @@ def _describe(exc: BaseException) -> tuple[str, int]:
         exc = exc.exceptions[0]  # a task group's failure: its first cause is the story
     if isinstance(exc, CliError):
         return str(exc), exc.code
-    if isinstance(exc, HostKeyUnknown):
+    if isinstance(exc, HostKeyUnknown) and 'host_key_policy="accept-new"' in str(exc):
+        # The API names its own fix; the command line's spelling of it, where it is the fix.
         return f"{exc} On the command line: --accept-new (or --known-hosts FILE).", EXIT_CONNECTION
     if isinstance(exc, HostConnectionError):
         return str(exc), EXIT_CONNECTION

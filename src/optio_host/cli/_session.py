@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import posixpath
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -139,6 +141,8 @@ class _CliContext:
         self._on_progress = on_progress
 
     def report_progress(self, percent: float | None, message: str | None = None, **_: Any) -> None:
+        if message is not None and message.startswith("Deliverable "):
+            message = _plain_exception(message)  # shown to a person: the message, not the repr
         self._on_progress(percent, message)
 
     def should_continue(self) -> bool:
@@ -232,12 +236,12 @@ class _Saver:
             self.skipped.append((relative, f"could not be saved: {exc}"))
             return
         self.saved.append(target)
-        self.view.note(f"saved {os.path.relpath(target)} ({deliverable.size} bytes)")
+        self.view.note(f"saved {shown_path(target)} ({deliverable.size} bytes)")
 
     def on_skipped(self, path: str, message: str) -> None:
         """The session's report of a deliverable it did not hand over."""
         reason = message.removeprefix(f"Deliverable {path}: ").removeprefix(f"deliverable {path!r}: ")
-        reason = reason.replace(", skipping", "")
+        reason = _plain_exception(reason.replace(", skipping", ""))
         if self.workdir:
             reason = reason.replace(self.workdir + "/", "")  # a path that is gone once we end
         self.skipped.append((path, reason))
@@ -273,7 +277,7 @@ async def _session(
                 raise CliError(_failure(exc, worker, host, where, keep=options.keep)) from None
             finally:
                 await worker.finish()
-        view.progress(100, None)  # DONE: the work is complete, whatever the last STATUS said
+        view.complete()  # DONE: the work is complete, whatever the last report said
         if saver.skipped:
             for name, reason in saver.skipped:
                 view.note(f"skipped {name}: {reason}")
@@ -283,8 +287,38 @@ async def _session(
                 code=EXIT_SKIPPED,
             )
         count = len(saver.saved)
-        view.note(f"done: {count} deliverable(s) saved in {os.path.relpath(saver.root)}")
+        if count:
+            view.note(f"done: {count} deliverable(s) saved in {shown_path(saver.root)}")
+        else:
+            view.note("done: no deliverables")
     return 0
+
+
+def shown_path(path: str) -> str:
+    """``path`` relative to the current folder, or absolute if that would climb out of it."""
+    relative = os.path.relpath(path)
+    return path if relative == os.pardir or relative.startswith(os.pardir + os.sep) else relative
+
+
+#: ``Name(args)`` at the end of a reason: an exception's repr, as the session reports it.
+_REPR = re.compile(r"(?P<head>.*?: )(?P<name>[A-Z]\w*)\((?P<args>.*)\)(?P<tail>(, [a-z ]+)?)", re.DOTALL)
+
+
+def _plain_exception(reason: str) -> str:
+    """``fetch failed: PermissionError(13, 'Permission denied')`` as ``fetch failed: Permission denied``.
+
+    The session's texts carry the repr (consumers match them as they are); a
+    person reading the CLI wants the message. Anything else is left as it is.
+    """
+    match = _REPR.fullmatch(reason)
+    if match is None:
+        return reason
+    try:
+        args = ast.literal_eval(f"({match['args']},)") if match["args"] else ()
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+        return reason  # not a repr of literals (or absurdly nested): shown as it came
+    texts = [str(arg) for arg in args if isinstance(arg, str) and arg]
+    return match["head"] + (": ".join(texts) if texts else match["name"]) + match["tail"]
 
 
 def _failure(exc: SessionFailed, worker: _Worker, host: Host, where: str, *, keep: bool) -> str:

@@ -55,12 +55,6 @@ def parse_ssh_target(value: str) -> tuple[str, str, int]:
     return user, host, port
 
 
-class MissingFile(click.ClickException):
-    """A file named on the command line does not exist (exit code 1, like ``cp``)."""
-
-    exit_code = 1
-
-
 def describe_target(config: SSHConfig | None) -> str:
     """A short name of the host for messages: ``user@host[:port]``, or ``this machine``."""
     if config is None:
@@ -82,8 +76,6 @@ def _ssh_config(
         if given:
             raise click.UsageError(f"{', '.join(given)} only apply to a remote host: add --ssh USER@HOST")
         return None
-    if identity and not os.path.isfile(os.path.expanduser(identity)):
-        raise MissingFile(f"identity file not found: {identity}")
     try:
         user, host, parsed_port = parse_ssh_target(ssh)
     except ValueError as exc:
@@ -137,7 +129,8 @@ def host_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "-i",
             "--identity",
             metavar="KEY",
-            type=click.Path(dir_okay=False),
+            # Not checked here: connecting checks it (KeyFileError), one message and exit 255 for
+            # every bad key file (missing, a folder, unreadable, a public key, encrypted).
             help="Private key file. Default: keys from ~/.ssh/config or the ssh-agent.",
         ),
         click.option(

@@ -19,7 +19,7 @@ import click
 from optio_host._streams import Sha256Tap, local_file_sha256
 from optio_host.cli._display import human_rate, is_quiet, transfer_progress
 from optio_host.cli._paths import host_path
-from optio_host.cli._runner import CliError, Interrupt, run_async
+from optio_host.cli._runner import EXIT_USAGE, CliError, Interrupt, run_async
 from optio_host.cli._stdio import STDIO, stdin_chunks, write_stdout
 from optio_host.cli._target import describe_target, host_options
 from optio_host.cli._tree import get_tree, put_tree
@@ -70,7 +70,7 @@ def put(ssh_config: SSHConfig | None, sha256: str | None, recursive: bool, local
     if recursive and (local == STDIO or sha256):
         raise click.UsageError("-r copies a folder: it takes neither '-' nor --sha256")
     if not recursive and local != STDIO and os.path.isdir(local):
-        raise click.UsageError(f"{local} is a folder: add -r to copy it")
+        raise click.UsageError(f"{local} is a folder on this machine: add -r to copy it")
     return run_async(lambda interrupt: _put(interrupt, ssh_config, sha256, recursive, local, remote))
 
 
@@ -162,7 +162,10 @@ async def _get(
             size = await interrupt.race(get_tree(host, source, target))
         else:
             if await _is_dir(host, source):
-                raise CliError(f"{source}: a folder on {describe_target(ssh_config)} (add -r to copy it)")
+                # A usage error like put's, found only once the host was asked.
+                raise CliError(
+                    f"{source} is a folder on {describe_target(ssh_config)}: add -r to copy it", EXIT_USAGE
+                )
             found = await host.file_size(source)
             if found is None:
                 raise CliError(f"{source}: no such file on {describe_target(ssh_config)}")

@@ -22,7 +22,7 @@ from optio_host.errors import (
     HostKeyRevoked,
     HostKeyUnknown,
 )
-from optio_host.host._ssh_config import Endpoint
+from optio_host.host._ssh_config import _DEFAULT_KNOWN_HOSTS, Endpoint
 from optio_host.types import HOST_KEY_POLICY_ENV, SSHConfig
 
 __all__ = ["HostKeyCheck"]
@@ -30,6 +30,11 @@ __all__ = ["HostKeyCheck"]
 _log = logging.getLogger("optio_host")
 
 _KeyLists = tuple[list[asyncssh.SSHKey], list[asyncssh.SSHKey], list[asyncssh.SSHKey]]
+
+
+def _default_folder() -> str:
+    """The one folder accept-new may create for a known_hosts file: ~/.ssh, as OpenSSH does."""
+    return os.path.dirname(os.path.expanduser(_DEFAULT_KNOWN_HOSTS))
 
 
 def host_pattern(host: str, port: int) -> str:
@@ -98,9 +103,23 @@ class HostKeyCheck:
         if self.policy == "off":
             return True
         if self.policy == "accept-new" and not is_ca:
+            if self._missing_folder():
+                self.verdict = "unrecordable"
+                return False
             self._record(host, port, key)
             return True
         return False
+
+    def _missing_folder(self) -> str:
+        """The folder of the file to record in if it is missing and may not be created, else ``""``.
+
+        Only ~/.ssh is created: a missing folder of an explicit path is more
+        likely a typo than a wish for a new folder.
+        """
+        folder = os.path.dirname(self.endpoint.record_to)
+        if not folder or os.path.isdir(folder) or folder == _default_folder():
+            return ""
+        return folder
 
     def check_connected(self, key: asyncssh.SSHKey | None) -> None:
         """After the handshake: refuse a certificate whose own key is revoked (its CA was trusted)."""
@@ -143,11 +162,35 @@ class HostKeyCheck:
             )
             kind = HostKeyChanged
         else:
-            message = (
-                f"host key for {name} is not trusted: {shown} is not in {files}. If you trust this "
-                f"host, add its key to known_hosts (ssh-keyscan -p {endpoint.port} {endpoint.host} >> "
-                f"{endpoint.record_to}), or let the first connection record it with "
-                f'SSHConfig(host_key_policy="accept-new") or {HOST_KEY_POLICY_ENV}=accept-new.'
-            )
+            message = self._unknown_message(name, shown)
             kind = HostKeyUnknown
         return kind(message, host=config.host, port=endpoint.port, fingerprint=fingerprint)
+
+    def _unknown_message(self, name: str, shown: str) -> str:
+        """Why a first-seen key was refused, and a fix that can work with the files as they are."""
+        endpoint = self.endpoint
+        files, record_to = ", ".join(endpoint.known_hosts), endpoint.record_to
+        folder = os.path.dirname(record_to) or "."
+        accept_new = f'SSHConfig(host_key_policy="accept-new") or {HOST_KEY_POLICY_ENV}=accept-new'
+        if self.verdict == "unrecordable":
+            return (
+                f"host key for {name} is not trusted and cannot be recorded: {shown} is new, and the "
+                f"folder {folder} of the known_hosts file {record_to} does not exist. Create it "
+                f"(mkdir -p {folder}) or give a known_hosts file in an existing folder "
+                "(--known-hosts / SSHConfig.known_hosts)."
+            )
+        trust = f"If you trust this host, let the first connection record its key with {accept_new}"
+        if os.path.isdir(folder):
+            absent = "" if os.path.exists(record_to) else f" (the file {record_to} does not exist)"
+            return (
+                f"host key for {name} is not trusted: {shown} is not in {files}{absent}. If you trust "
+                f"this host, add its key to known_hosts (ssh-keyscan -p {endpoint.port} {endpoint.host} "
+                f">> {record_to}), or let the first connection record it with {accept_new}."
+            )
+        missing = f"the known_hosts file {record_to} does not exist, nor does its folder {folder}"
+        if self._missing_folder():
+            trust = f"If you trust this host, create the folder (mkdir -p {folder}), then use accept-new"
+        return (
+            f"host key for {name} is not trusted: {shown} cannot be checked, as {missing}. Check the "
+            f"path (--known-hosts / SSHConfig.known_hosts). {trust}."
+        )

@@ -223,6 +223,13 @@ def load_client_keys(path: str) -> Any:
             path=path,
             problem="missing",
         ) from None
+    except IsADirectoryError:
+        raise KeyFileError(
+            f"private key file {path} is a folder; give the key file itself (e.g. {path}/id_ed25519) "
+            "with -i / SSHConfig.key_path",
+            path=path,
+            problem="unreadable",
+        ) from None
     except OSError as exc:
         raise KeyFileError(
             f"private key file {path} cannot be read ({exc.strerror}); check its permissions",

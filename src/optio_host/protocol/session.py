@@ -137,7 +137,13 @@ async def run_log_protocol_session(
     any bytes, streamed); passing both is a ``ValueError``. With neither they
     are announced but not fetched. ``on_deliverable_skipped(path, message)`` is
     told of every deliverable that was not handed over, and why.
-    The workdir is left in place and the body's processes are not killed.
+
+    After ``DONE`` the body task is cancelled, and with it whatever it awaits:
+    a worker run with ``await host.run(...)`` is killed then, process tree and
+    all. A worker that must keep running after ``DONE`` is started with
+    ``host.launch_subprocess(...)`` (not awaited to its end in the body) or
+    ``host.launch_detached(...)``; its starter then waits for it or ends it.
+    The workdir is left in place.
 
     ``host`` may be any object with the 0.1.2 ``Host`` methods; richer ones
     (``tail_bytes``, ``open_regular_file``, ``realpath``, ``file_size``) are
