@@ -20,6 +20,7 @@ __all__ = [
     "CHUNK_SIZE",
     "BlockingReader",
     "ProgressCallback",
+    "ProgressThrottle",
     "StreamClosed",
     "Sha256Tap",
     "aclose_iterator",
@@ -244,6 +245,24 @@ async def sha256_of_chunks(chunks: AsyncIterator[bytes]) -> str:
     return digest.hexdigest()
 
 
+class ProgressThrottle:
+    """The one rule for progress reports: at most one per ``step`` percent points, never
+    decreasing, and 100 % always told (a bar needs no more, and multi-GiB files stay cheap)."""
+
+    def __init__(self, step: float = 1.0) -> None:
+        self._step = step
+        self.last: float | None = None
+
+    def admit(self, percent: float) -> float | None:
+        """``percent`` (clamped to 0-100) if it is to be reported now, else ``None``."""
+        percent = min(100.0, max(0.0, percent))
+        last = self.last
+        if last is None or percent >= last + self._step or (percent >= 100.0 > last):
+            self.last = percent
+            return percent
+        return None
+
+
 class Sha256Tap:
     """Pass chunks through while hashing them and counting bytes, reporting progress."""
 
@@ -256,7 +275,7 @@ class Sha256Tap:
         self.count = 0
         self._total = total
         self._progress = progress
-        self._last_percent = -1.0
+        self._throttle = ProgressThrottle()
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
@@ -274,8 +293,6 @@ class Sha256Tap:
     def _report(self) -> None:
         if self._progress is None or not self._total:
             return
-        percent = min(100.0, 100.0 * self.count / self._total)
-        # About one call per percent: enough for a bar, cheap for multi-GiB files.
-        if percent - self._last_percent >= 1.0 or (percent >= 100.0 > self._last_percent):
-            self._last_percent = percent
-            self._progress(round(percent, 1), None)
+        shown = self._throttle.admit(100.0 * self.count / self._total)
+        if shown is not None:
+            self._progress(round(shown, 1), None)

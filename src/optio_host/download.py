@@ -30,6 +30,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from optio_host._streams import ProgressThrottle
 from optio_host.errors import DownloadFailed, redact_credentials, redact_url
 from optio_host.host import _scripts as scripts
 from optio_host.host.base import Host, checksum_mismatch, kill_quietly, normalize_sha256
@@ -352,19 +353,16 @@ class _ProgressMeter:
 
     def __init__(self, report: Callable[[float], None]) -> None:
         self._report = report
-        self._last: float | None = None
+        self._throttle = ProgressThrottle(_REPORT_STEP)
 
     def update(self, percent: float) -> None:
-        percent = min(100.0, max(0.0, percent))
-        last = self._last
-        if last is None or percent >= last + _REPORT_STEP or (percent >= 100.0 > last):
-            self._last = percent
-            self._report(percent)
+        shown = self._throttle.admit(percent)
+        if shown is not None:
+            self._report(shown)
 
     def finish(self) -> None:
         # The file is complete: say so even when curl never knew the size.
-        if self._last is None or self._last < 100.0:
-            self._last = 100.0
+        if self._throttle.admit(100.0) is not None:
             self._report(100.0)
 
 
