@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from types import TracebackType
 
 from rich.console import Console
@@ -30,6 +31,12 @@ from optio_host._streams import ProgressCallback
 __all__ = ["SessionView", "human_rate", "is_live", "is_quiet", "set_quiet", "transfer_progress"]
 
 _quiet = False
+
+#: Live mode shows at most this many lines of the worker's own output a second (after a burst of
+#: ``_OUTPUT_BURST``): drawing a line above the bar costs a redraw, and a worker flooding its
+#: output must not starve the session. Lines beyond are counted and summarised.
+OUTPUT_LINES_PER_SECOND = 100
+_OUTPUT_BURST = 300
 
 
 def set_quiet(quiet: bool) -> None:
@@ -92,6 +99,8 @@ class SessionView:
         self.live = is_live()
         self._percent: float | None = None
         self._decoders = {False: _LineDecoder(), True: _LineDecoder()}
+        self._budget = _Budget(OUTPUT_LINES_PER_SECOND, _OUTPUT_BURST)
+        self._not_shown = 0
         self._console = Console(highlight=False) if self.live else None
         self._progress: Progress | None = None
         self._task: TaskID | None = None
@@ -121,8 +130,9 @@ class SessionView:
         for err, decoder in self._decoders.items():
             rest = decoder.flush()
             if rest and self._progress is not None:
-                self._print_output(rest, err)
+                self._print_output([rest], err)
         if self._progress is not None:
+            self._summarise_not_shown()
             self._progress.stop()
 
     def progress(self, percent: float | None, message: str | None) -> None:
@@ -153,13 +163,26 @@ class SessionView:
             sys.stderr.buffer.write(chunk)
             sys.stderr.buffer.flush()
             return
-        for line in self._decoders[err].feed(chunk):
-            self._print_output(line, err)
+        raw = self._decoders[err].feed_raw(chunk)
+        shown = self._budget.take(len(raw))
+        self._not_shown += len(raw) - shown
+        if shown:
+            self._print_output([decode_line(line) for line in raw[:shown]], err)
 
-    def _print_output(self, line: str, err: bool) -> None:
+    def _print_output(self, lines: list[str], err: bool) -> None:
+        """Lines above the bar, drawn at once (one redraw), after a note of any left out before."""
         if self._progress is not None:
+            self._summarise_not_shown()
             style = "red" if err else "dim"
-            self._progress.console.print(f"[{style}]│ {escape(line)}[/{style}]")
+            self._progress.console.print("\n".join(f"[{style}]│ {escape(line)}[/{style}]" for line in lines))
+
+    def _summarise_not_shown(self) -> None:
+        if self._progress is not None and self._not_shown:
+            count, self._not_shown = self._not_shown, 0
+            self._progress.console.print(
+                f"[yellow]… {count} line(s) of the worker's output not shown "
+                f"(more than {OUTPUT_LINES_PER_SECOND} a second)[/yellow]"
+            )
 
 
 def _shorten(text: str, width: int) -> str:
@@ -173,8 +196,31 @@ class _LineDecoder:
         self._splitter = LineSplitter()
 
     def feed(self, chunk: bytes) -> list[str]:
-        return [decode_line(raw).rstrip("\r") for raw, _ in self._splitter.feed(chunk)]
+        return [decode_line(raw) for raw in self.feed_raw(chunk)]
+
+    def feed_raw(self, chunk: bytes) -> list[bytes]:
+        """The complete lines, undecoded (decoding costs time for lines that will not be shown)."""
+        return [raw for raw, _ in self._splitter.feed(chunk)]
 
     def flush(self) -> str:
         """The last line if it had no newline, else ``""``."""
         return "".join(self.feed(b"\n")) if self._splitter.pending else ""
+
+
+class _Budget:
+    """A token bucket: ``take(n)`` grants up to ``n`` of ``rate`` a second, ``burst`` at most at once."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._at = clock()
+
+    def take(self, wanted: int) -> int:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        granted = min(wanted, int(self._tokens))
+        self._tokens -= granted
+        return granted
