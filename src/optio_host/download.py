@@ -10,11 +10,13 @@ matched. Only ``http``/``https`` are fetched unless ``protocols`` widens that
 (curl's ``--proto``, for redirects too). The URL reaches curl in a config on
 its stdin (``--config -``), so credentials in it never show on a command line,
 and messages show them as ``***@``. A target inside the host's workdir must
-really be inside it: its folder is resolved on the host, and one that a
-symlink leads out of the workdir is refused.
+really be inside it: every step (curl's output, the rename, the clean-up)
+runs in the target's folder, entered with ``cd -P`` and verified to be under
+the real workdir, and names only ``./NAME``; a folder that a symlink leads
+out of the workdir is refused, even one a worker swaps in meanwhile.
 
 Only the 0.1.2 ``Host`` methods are needed (``launch_subprocess``,
-``terminate_subprocess``, ``run_command``, ``remove_file``), so a consumer's
+``terminate_subprocess``, ``run_command``), so a consumer's
 own host object works too. Progress comes from curl's own progress bar (``--progress-bar``) on
 stderr: curl prints ``<bar> NN.N%`` segments separated by carriage returns, at
 most ten times a second, and a final ``100.0%`` for a body of known size.
