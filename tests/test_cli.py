@@ -27,6 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from optio_host.cli import _demo_chart, main
+from optio_host.cli._display import _Budget
 from optio_host.cli._paths import host_path
 from optio_host.cli._session import _plain_exception, _Saver
 from optio_host.cli._target import hoist_host_options, parse_ssh_target
@@ -843,6 +844,40 @@ def test_session_on_a_terminal_finishes_with_a_summary(tmp_path: Path, worker_sc
     child.close()
     assert child.exitstatus == 0
     assert (tmp_path / "out" / "sub" / "b.txt").exists()
+
+
+def test_output_budget_grants_a_burst_then_its_rate() -> None:
+    now = [0.0]
+    budget = _Budget(100, 300, clock=lambda: now[0])
+    assert budget.take(1000) == 300  # the burst, then nothing until time passes
+    assert budget.take(5) == 0
+    now[0] = 0.5
+    assert budget.take(1000) == 50
+    now[0] = 100.0
+    assert budget.take(1000) == 300  # never more than the burst, however long it was idle
+
+
+@pytest.mark.timeout(90)
+def test_session_on_a_terminal_ends_promptly_while_the_worker_floods_its_output(
+    target: Target, tmp_path: Path
+) -> None:
+    # Drawing every line above the bar used to starve the session: DONE went unseen for minutes.
+    mark = unique_sleep()
+    script = (
+        '(sleep 1; printf \'STATUS: 50%% flooded\\n\' >> "$OPTIO_LOG"; echo DONE >> "$OPTIO_LOG") & '
+        f"yes 'flood {mark}' & yes 'errflood {mark}' >&2"
+    )
+    child = spawn("session", *target.args, "--out", str(tmp_path / "o"), "--", "sh", "-c", script)
+    started = time.monotonic()
+    child.expect(pexpect.EOF, timeout=60)
+    elapsed = time.monotonic() - started
+    child.close()
+    shown = child.before
+    assert child.exitstatus == 0, shown[-2000:]
+    assert b"flooded" in shown and b"flood " + mark.encode() in shown
+    assert b"not shown" in shown  # the lines left out are counted, not silently lost
+    assert elapsed < 20, f"the session took {elapsed:.1f} s after a DONE written at 1 s"
+    assert processes_matching(re.escape(mark)) == ""  # the worker's tree is stopped
 
 
 @pytest.mark.timeout(30)

@@ -264,3 +264,60 @@ echo DONE >> optio.log
     assert list(outside.iterdir()) == []
     [raised] = [m for m in ctx.messages if m.startswith("on_deliverable callback raised: ValueError(")]
     assert "symlink leads outside" in raised
+
+
+async def test_a_deliverable_that_grows_while_read_is_refused_within_its_size(
+    host: Host, tmp_path: Path
+) -> None:
+    """The size seen at open bounds every read: what a worker appends later is never read or kept."""
+    # More than a remote reader can send ahead into the channel's window before the file grows.
+    start, grown = 32 * 1024 * 1024, 16 * 1024 * 1024
+    (tmp_path / "out").mkdir()
+    outcomes: dict[str, tuple[int, int, str]] = {}
+
+    async def on_file(hook_ctx: HookContext, deliverable: Deliverable) -> None:
+        # Opened (and sized) by the session already: grow it before the first read.
+        await host.run(f"head -c {grown} /dev/zero >> deliverables/{deliverable.relative_path}")
+        kept = 0
+        try:
+            if deliverable.relative_path == "chunks":
+                async for chunk in deliverable.chunks():
+                    kept += len(chunk)
+            elif deliverable.relative_path == "read_bytes":
+                kept = len(await deliverable.read_bytes())
+            else:
+                await deliverable.save(tmp_path / "out" / "saved")
+        except OSError as exc:
+            outcomes[deliverable.relative_path] = (deliverable.size, kept, str(exc))
+
+    script = "".join(
+        f"head -c {start} /dev/zero > deliverables/{name}\n"
+        f"echo 'DELIVERABLE: deliverables/{name}' >> optio.log\n"
+        for name in ("chunks", "read_bytes", "save")
+    )
+    await run_log_protocol_session(
+        host, RecordingContext(), body=sh(script + "echo DONE >> optio.log\n"), on_deliverable_file=on_file
+    )
+    assert sorted(outcomes) == ["chunks", "read_bytes", "save"]
+    for size, kept, message in outcomes.values():
+        assert size == start and kept <= start and "changed size while being read" in message
+    assert not os.listdir(tmp_path / "out")  # nothing saved, no temporary file left
+
+
+async def test_open_regular_file_reads_no_further_than_the_size_at_open(host: Host) -> None:
+    start = 32 * 1024 * 1024  # more than the channel's window: the host is still reading when it grows
+    await host.run(f"head -c {start} /dev/zero > log")
+    size, chunks = await host.open_regular_file(  # type: ignore[attr-defined]
+        host.workdir + "/log",
+        under=await host.realpath(host.workdir),  # type: ignore[attr-defined]
+    )
+    await host.run("head -c 8388608 /dev/zero >> log")
+    kept: list[int] = []
+
+    async def read() -> None:
+        async for chunk in chunks:
+            kept.append(len(chunk))
+
+    with pytest.raises(OSError, match="changed size while being read"):
+        await read()
+    assert size == start and sum(kept) <= size

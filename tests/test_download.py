@@ -730,3 +730,41 @@ async def test_a_host_with_only_the_0_1_2_methods_works(local_host: LocalHost, h
     with pytest.raises(DownloadFailed, match="refused"):
         await escape.execute(RecordingContext())
     assert sorted(os.listdir(local_host.workdir + "/fake")) == ["f.bin"]
+
+
+class _SwappingHost(_Host012):
+    """A host on which the worker swaps ``workdir/sub`` for a link out just before curl starts."""
+
+    def __init__(self, inner: Any, outside: str) -> None:
+        super().__init__(inner)
+        self._outside = outside
+
+    async def launch_subprocess(self, command: Any, *, env: Any = None, cwd: Any = None, **kw: Any) -> Any:
+        swap = f"mv sub sub.real && ln -s {self._outside} sub"  # after the task looked at sub
+        result = await self._inner.run_command(swap, cwd=self.workdir)
+        assert result.exit_code == 0, result.stderr
+        return await super().launch_subprocess(command, env=env, cwd=cwd, **kw)
+
+
+@pytest.mark.timeout(30)
+async def test_a_folder_swapped_for_a_link_out_mid_download_is_never_written_or_cleaned_through(
+    workdir_site: Site, http_server: _Server
+) -> None:
+    inner: Any = workdir_site.inspect
+    outside = posixpath.dirname(inner.taskdir) + "/outside-" + secrets.token_hex(4)
+    await inner.put_file_to_host(b"keep", outside + "/keep.bin")
+    host: Any = _SwappingHost(inner, outside)
+    cases = [("/sized/1000", "new.bin"), ("/missing", "keep.bin")]  # a write; a failure's clean-up
+    for path, name in cases:
+        await inner.run(["mkdir", "-p", inner.workdir + "/sub"], check=True)
+        task = create_download_task(
+            "t", "d", url=http_server.url(path), target=f"{inner.workdir}/sub/{name}", host=host
+        )
+        with pytest.raises(DownloadFailed, match="refused: ") as caught:
+            await task.execute(RecordingContext())
+        assert "outside" in str(caught.value)
+        await inner.run("rm sub && mv sub.real sub", check=True)
+    listing = await inner.run(["find", outside], check=True)
+    assert sorted(listing.stdout.split()) == [outside, outside + "/keep.bin"]
+    assert await inner.fetch_bytes_from_host(outside + "/keep.bin") == b"keep"
+    await inner.run(["rm", "-rf", outside], check=True)

@@ -10,11 +10,13 @@ matched. Only ``http``/``https`` are fetched unless ``protocols`` widens that
 (curl's ``--proto``, for redirects too). The URL reaches curl in a config on
 its stdin (``--config -``), so credentials in it never show on a command line,
 and messages show them as ``***@``. A target inside the host's workdir must
-really be inside it: its folder is resolved on the host, and one that a
-symlink leads out of the workdir is refused.
+really be inside it: every step (curl's output, the rename, the clean-up)
+runs in the target's folder, entered with ``cd -P`` and verified to be under
+the real workdir, and names only ``./NAME``; a folder that a symlink leads
+out of the workdir is refused, even one a worker swaps in meanwhile.
 
 Only the 0.1.2 ``Host`` methods are needed (``launch_subprocess``,
-``terminate_subprocess``, ``run_command``, ``remove_file``), so a consumer's
+``terminate_subprocess``, ``run_command``), so a consumer's
 own host object works too. Progress comes from curl's own progress bar (``--progress-bar``) on
 stderr: curl prints ``<bar> NN.N%`` segments separated by carriage returns, at
 most ten times a second, and a final ``100.0%`` for a body of known size.
@@ -36,7 +38,7 @@ from optio_host.host import _scripts as scripts
 from optio_host.host.base import Host, checksum_mismatch, kill_quietly, normalize_sha256
 from optio_host.host.local import LocalHost
 from optio_host.paths import temp_name_for
-from optio_host.process import ProcessHandle
+from optio_host.process import ProcessHandle, RunResult
 from optio_host.quoting import join, script_argv
 
 if TYPE_CHECKING:
@@ -63,25 +65,43 @@ _REPORT_STEP = 1.0
 _BAR = re.compile(r"[#=O\-\s]*(?:(\d{1,3}(?:[.,]\d+)?)%\s*)?")
 _SEGMENT_MAX = 4096
 
-# Runs on the host as `sh -c SCRIPT sh TMP TARGET`: refuse to move into a folder (mv would),
-# else rename over the target.
-_COMMIT = r"""if [ -d "$2" ]; then
+# Every step on the host's files (curl's output, the rename, the clean-up) runs in the target's
+# folder, entered and verified first, and names only `./NAME`: a worker swapping a folder on the
+# way for a link out (before or during the step) cannot redirect the write or the removal.
+# `sh -c ENTER+STEP sh MKDIR ROOT N PART1..PARTN STEP-ARGS...`: enter ROOT (its real path is the
+# bound), then each PART in turn (made first if MKDIR is 1: one level at a time, never through
+# a link), checking after each `cd -P` that the real path is still under ROOT. The folder is
+# thereby this process's own cwd, whatever the names lead to afterwards. A refusal exits with
+# _REFUSED (no curl exit code is that high). ("$(pwd -P)" would eat trailing newlines of a
+# name, hence the ".")
+_REFUSED = 111
+_ENTER = r"""_optio_mk=$1; _optio_n=$3
+cd -P -- "$2" 2>/dev/null || { printf 'cannot enter %s as a folder\n' "$2" >&2; exit 111; }
+_optio_root=$(pwd -P && echo .); _optio_root=${_optio_root%??}; shift 3
+while [ "$_optio_n" -gt 0 ]; do
+  if [ "$_optio_mk" = 1 ] && [ ! -e "$1" ] && [ ! -L "$1" ]; then mkdir -- "$1" 2>/dev/null; fi
+  cd -P -- "$1" 2>/dev/null || { printf 'cannot enter %s as a folder\n' "$1" >&2; exit 111; }
+  _optio_here=$(pwd -P && echo .); _optio_here=${_optio_here%??}
+  case $_optio_here/ in
+    "${_optio_root%/}"/*) ;;
+    *) printf '%s leads to %s, outside %s (a symlink leads out of it)\n' \
+         "$1" "$_optio_here" "$_optio_root" >&2; exit 111 ;;
+  esac
+  _optio_n=$((_optio_n - 1)); shift
+done
+"""
+# curl is looked for before anything is made, so a host without it fails plainly.
+_NEED_CURL = "command -v curl >/dev/null 2>&1 || { printf 'curl: command not found\\n' >&2; exit 127; }\n"
+_CURL = _NEED_CURL + _ENTER + 'exec "$@"\n'
+# In the folder: refuse to move into a folder (mv would), else rename ./TMP over ./TARGET.
+_MOVE = r"""if [ -d "$2" ]; then
   printf 'the download target is a directory: %s\n' "$2" >&2; exit 3
 fi
 exec mv -f -- "$1" "$2"
 """
-
-# Runs as `sh -c SCRIPT sh PATH...`: for each path, its deepest existing entry resolved (it must be a
-# folder we can enter: a link we cannot follow is not skipped), then the part that does not exist
-# yet, NUL-terminated. ("$(pwd -P)" would eat trailing newlines of a name, hence the ".")
-_RESOLVE = r"""for p do
-  rest=
-  while [ ! -e "$p" ] && [ ! -L "$p" ]; do rest="/${p##*/}$rest"; p=${p%/*}; p=${p:-/}; done
-  real=$(cd -P -- "$p" 2>/dev/null && pwd -P && echo .) || {
-    printf 'cannot enter %s as a folder\n' "$p" >&2; exit 1; }
-  printf '%s\0%s\0' "${real%??}" "$rest"
-done
-"""
+_COMMIT = _ENTER + _MOVE
+_REMOVE = _ENTER + 'exec rm -f -- "$@"\n'
+_SHA256 = _ENTER + scripts.SHA256
 
 
 def create_download_task(
@@ -193,27 +213,32 @@ class _Download:
         ctx.report_progress(None, f"Downloading {basename}")
         # An unconnected LocalHost needs no taskdir as long as every path and cwd is absolute.
         host: Host = self.host if self.host is not None else LocalHost()
-        target = await self._place(host)
-        temp = temp_name_for(target)
+        folder = self._folder()
+        name = posixpath.basename(self.target)
+        temp = posixpath.basename(temp_name_for(name))
         meter = _ProgressMeter(lambda percent: ctx.report_progress(percent, None))
         committed = False
         try:
             if not ctx.should_continue():
                 return  # cancelled before it began; the finally below still cleans up
-            outcome = await self._run_curl(host, ctx, temp, meter)
+            outcome = await self._run_curl(host, ctx, folder, temp, meter)
             if outcome is None:
                 return  # cancelled: the finally below removes what was written
             code, errors = outcome
+            if code == _REFUSED:
+                raise self._refused(errors)
+            if code == 127:
+                raise self._failed(127, f"{errors}; install curl on the host to use the download task")
             if code != 0:
                 raise self._failed(code, errors or f"curl exited with code {code}")
             if self.expected is not None:
-                actual = await _sha256(host, temp)
+                actual = await self._sha256(host, folder, temp)
                 if actual != self.expected:
                     mismatch = checksum_mismatch(self.target, self.expected, actual or "(no file)")
                     raise self._failed(None, str(mismatch)) from mismatch
             if not ctx.should_continue():
                 return  # cancelled while verifying: a cancelled download leaves no target
-            result = await host.run_command(join(script_argv(_COMMIT, temp, target)), cwd="/")
+            result = await self._in_folder(host, folder, _COMMIT, "./" + temp, "./" + name)
             if result.exit_code != 0:
                 detail = result.stderr.strip() or f"mv exited with code {result.exit_code}"
                 raise self._failed(result.exit_code, f"could not move the download into place: {detail}")
@@ -221,48 +246,55 @@ class _Download:
             meter.finish()
         finally:
             if not committed:
-                await asyncio.shield(self._discard(host, temp, target))
+                await asyncio.shield(self._discard(host, folder, temp, name))
 
-    async def _place(self, host: Host) -> str:
-        """Where to write: a target inside the host's workdir must resolve (on the host) inside it."""
-        workdir = _workdir_of(host) if self.host is not None else None
-        lexical = posixpath.normpath(self.target)
-        if workdir is None or not lexical.startswith(workdir.rstrip("/") + "/"):
-            return self.target
-        folder = posixpath.dirname(lexical)
-        result = await host.run_command(join(script_argv(_RESOLVE, workdir, folder)), cwd="/")
-        parts = result.stdout.split("\0")
-        if result.exit_code != 0 or len(parts) != 5:
-            detail = result.stderr.strip()
-            raise self._failed(
-                None, f"refused: could not resolve the target's folder {folder} on the host: {detail}"
-            )
-        real_workdir, real_folder = (
-            (parts[0].rstrip("/") + parts[1]) or "/",
-            (parts[2].rstrip("/") + parts[3]) or "/",
+    def _folder(self) -> list[str]:
+        """``[ROOT, N, PART...]``: the target's folder as ``_ENTER`` walks it.
+
+        A target inside the host's workdir is walked from the workdir, which bounds it; any other
+        from ``/`` (no bound: the caller chose that path).
+        """
+        workdir = _workdir_of(self.host) if self.host is not None else None
+        folder = posixpath.dirname(posixpath.normpath(self.target))
+        root = "/"
+        if workdir is not None and (folder == workdir or folder.startswith(workdir.rstrip("/") + "/")):
+            root = workdir
+        parts = [part for part in folder[len(root) :].split("/") if part]
+        return [root, str(len(parts)), *parts]
+
+    async def _in_folder(self, host: Host, folder: list[str], script: str, *args: str) -> RunResult:
+        """Run a step ``script`` in the target's folder, entered and verified; refusals raised."""
+        result = await host.run_command(join(script_argv(script, "0", *folder, *args)), cwd="/")
+        if result.exit_code == _REFUSED:
+            raise self._refused(result.stderr)
+        return result
+
+    def _refused(self, detail: str) -> DownloadFailed:
+        return self._failed(
+            None,
+            f"refused: the target's folder is not a folder inside the workdir: {detail.strip()}; remove "
+            "the link or give a target outside the workdir explicitly",
         )
-        if real_folder != real_workdir and not real_folder.startswith(real_workdir.rstrip("/") + "/"):
-            raise self._failed(
-                None,
-                f"refused: the target's folder {folder} resolves to {real_folder}, outside the workdir "
-                f"{real_workdir} (a symlink leads out of it); remove the link or give a target outside "
-                "the workdir explicitly",
-            )
-        return posixpath.join(real_folder, posixpath.basename(lexical))
 
-    async def _discard(self, host: Host, temp: str, target: str) -> None:
+    async def _sha256(self, host: Host, folder: list[str], temp: str) -> str | None:
+        """The downloaded file's SHA-256, computed on the host in its folder (``None`` if missing)."""
+        result = await self._in_folder(host, folder, _SHA256, "./" + temp)
+        if result.exit_code != 0:
+            return None
+        return result.stdout.lstrip("\\")[:64].lower()
+
+    async def _discard(self, host: Host, folder: list[str], temp: str, name: str) -> None:
         """Remove what a failed or cancelled download left; never masks the original error."""
-        paths = [temp, target] if self.cleanup_on_fail else [temp]
-        for path in paths:
-            with contextlib.suppress(Exception):
-                await host.remove_file(path)
+        names = ["./" + temp, "./" + name] if self.cleanup_on_fail else ["./" + temp]
+        with contextlib.suppress(Exception):
+            await self._in_folder(host, folder, _REMOVE, *names)
 
     async def _run_curl(
-        self, host: Host, ctx: Any, temp: str, meter: _ProgressMeter
+        self, host: Host, ctx: Any, folder: list[str], temp: str, meter: _ProgressMeter
     ) -> tuple[int, str] | None:
-        """Run curl to completion: ``(exit code, its error text)``, or ``None`` if cancelled."""
+        """Run curl in the target's folder: ``(exit code, its error text)``, or ``None`` if cancelled."""
         protocols = "=" + ",".join(self.protocols)
-        argv = [
+        curl = [
             "curl",
             "-q",  # first: ignore ~/.curlrc, so the options below mean what they say
             "--fail",
@@ -273,12 +305,12 @@ class _Download:
             "--proto-redir",
             protocols,
             "--progress-bar",
-            "--create-dirs",
             "--output",
-            temp,
+            "./" + temp,
             "--config",  # the URL comes on stdin: its credentials never show in a process list
             "-",
         ]
+        argv = script_argv(_CURL, "1", *folder, *curl)
         try:
             handle = await host.launch_subprocess(argv, cwd="/", merge_stderr=False, stdin=True)
         except FileNotFoundError as exc:
@@ -326,17 +358,6 @@ async def _send_config(handle: ProcessHandle, config: bytes) -> None:
     stdin.close()
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         await stdin.wait_closed()
-
-
-async def _sha256(host: Host, path: str) -> str | None:
-    """The file's SHA-256 on the host (``None`` if missing), with the 0.1.2 methods alone if need be."""
-    if hasattr(host, "file_sha256"):
-        digest: str | None = await host.file_sha256(path)
-        return digest
-    result = await host.run_command(join(script_argv(scripts.SHA256, path)), cwd="/")
-    if result.exit_code != 0:
-        return None
-    return result.stdout.lstrip("\\")[:64].lower()
 
 
 async def _complete(handle: ProcessHandle, stderr: _StderrReader) -> int:

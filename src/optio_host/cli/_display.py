@@ -11,7 +11,8 @@ import contextlib
 import os
 import re
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from types import TracebackType
 
 from rich.console import Console
@@ -30,7 +31,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from optio_host._lines import DEFAULT_LINE_LIMIT, LineSplitter, decode_line, pieces
+from optio_host._lines import DEFAULT_LINE_LIMIT, Line, LineSplitter, decode_line, pieces
 from optio_host._streams import ProgressCallback
 
 __all__ = [
@@ -44,6 +45,12 @@ __all__ = [
 ]
 
 _quiet = False
+
+#: Live mode shows at most this many lines of the worker's own output a second (after a burst of
+#: ``_OUTPUT_BURST``): drawing a line above the bar costs a redraw, and a worker flooding its
+#: output must not starve the session. Lines beyond are counted and summarised.
+OUTPUT_LINES_PER_SECOND = 100
+_OUTPUT_BURST = 300
 
 
 def set_quiet(quiet: bool) -> None:
@@ -121,6 +128,8 @@ class SessionView:
         self.live = is_live()
         self._percent: float | None = None
         self._decoders = {False: _LineDecoder(), True: _LineDecoder()}
+        self._budget = _Budget(OUTPUT_LINES_PER_SECOND, _OUTPUT_BURST)
+        self._not_shown = 0
         self._console = Console(highlight=False) if self.live else None
         self._progress: Progress | None = None
         self._task: TaskID | None = None
@@ -151,7 +160,9 @@ class SessionView:
         for err, decoder in self._decoders.items():
             rest = decoder.flush()
             if rest and not self._raw_output:
-                self._print_output(rest, err)
+                self._print_output([rest], err)
+        if not self._raw_output:
+            self._summarise_not_shown()
         if self._progress is not None:
             self._progress.stop()
 
@@ -189,17 +200,36 @@ class SessionView:
             sys.stderr.buffer.write(chunk)
             sys.stderr.buffer.flush()
             return
+        lines: list[Line] = []
         for piece in pieces(chunk):
-            for line in self._decoders[err].feed(piece):
-                self._print_output(line, err)
+            lines += self._decoders[err].feed_raw(piece)
+        shown = self._budget.take(len(lines))
+        self._not_shown += len(lines) - shown
+        if shown:
+            self._print_output([_LineDecoder.text(line) for line in lines[:shown]], err)
 
-    def _print_output(self, line: str, err: bool) -> None:
-        text = for_terminal(line)
+    def _print_output(self, lines: list[str], err: bool) -> None:
+        """Lines above the bar (or on stderr), escaped, drawn at once, after a note of any left out."""
+        texts = [for_terminal(line) for line in lines]
+        self._summarise_not_shown()
         if self._progress is not None:
             style = "red" if err else "dim"
-            self._progress.console.print(f"[{style}]│ {escape(text)}[/{style}]")
+            self._progress.console.print("\n".join(f"[{style}]│ {escape(text)}[/{style}]" for text in texts))
         else:
-            print(text, file=sys.stderr, flush=True)
+            print("\n".join(texts), file=sys.stderr, flush=True)
+
+    def _summarise_not_shown(self) -> None:
+        if not self._not_shown:
+            return
+        count, self._not_shown = self._not_shown, 0
+        note = (
+            f"… {count} line(s) of the worker's output not shown "
+            f"(more than {OUTPUT_LINES_PER_SECOND} a second)"
+        )
+        if self._progress is not None:
+            self._progress.console.print(f"[yellow]{note}[/yellow]")
+        else:
+            print(note, file=sys.stderr, flush=True)
 
 
 def _shorten(text: str, width: int) -> str:
@@ -213,11 +243,35 @@ class _LineDecoder:
         self._splitter = LineSplitter(limit=DEFAULT_LINE_LIMIT)
 
     def feed(self, chunk: bytes) -> list[str]:
-        return [
-            decode_line(line.raw).rstrip("\r") + (f" … ({line.cut} more bytes cut)" if line.cut else "")
-            for line in self._splitter.feed(chunk)
-        ]
+        return [self.text(line) for line in self.feed_raw(chunk)]
+
+    def feed_raw(self, chunk: bytes) -> list[Line]:
+        """The complete lines, undecoded (decoding costs time for lines that will not be shown)."""
+        return self._splitter.feed(chunk)
+
+    @staticmethod
+    def text(line: Line) -> str:
+        return decode_line(line.raw).rstrip("\r") + (f" … ({line.cut} more bytes cut)" if line.cut else "")
 
     def flush(self) -> str:
         """The last line if it had no newline, else ``""``."""
         return "".join(self.feed(b"\n")) if self._splitter.pending else ""
+
+
+class _Budget:
+    """A token bucket: ``take(n)`` grants up to ``n`` of ``rate`` a second, ``burst`` at most at once."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._at = clock()
+
+    def take(self, wanted: int) -> int:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        granted = min(wanted, int(self._tokens))
+        self._tokens -= granted
+        return granted

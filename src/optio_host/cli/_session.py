@@ -194,6 +194,9 @@ class _Worker:
         if chunks is not None:
             async for chunk in chunks:
                 self.view.output(chunk, err=err)
+                # A read of a pipe with data waiting does not suspend: without this, a worker
+                # flooding its output keeps the loop here and the session's tail never runs.
+                await asyncio.sleep(0)
 
     async def finish(self) -> None:
         """Show the worker's remaining output, then end its process tree if it still runs."""

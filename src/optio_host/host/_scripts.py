@@ -134,14 +134,16 @@ exec cat >> "$temp"
 
 # Stream $1: a first line with its size (or "missing", "directory", "special"), then its bytes.
 # A FIFO or device is refused before it is opened (opening a FIFO waits for a writer). (The size
-# comes from a second open: wc -c on the shared descriptor would seek it to the end.)
+# comes from a second open: wc -c on the shared descriptor would seek it to the end.) At most one
+# byte past that size is sent: a file growing meanwhile is refused by the client (sized_chunks)
+# without streaming what was appended.
 GET = r"""if [ ! -e "$1" ]; then echo missing; exit 3; fi
 if [ -d "$1" ]; then echo directory; exit 4; fi
 if [ ! -f "$1" ]; then echo special; exit 4; fi
 exec 3< "$1" || exit 5
 set -- $(wc -c < "$1")
 echo "$1"
-exec cat <&3
+exec head -c $(($1 + 1)) <&3
 """
 
 # GET, but the bytes are those of the file checked: open $1 first, then verify what was opened
@@ -162,7 +164,7 @@ case $real in
 esac
 set -- $(wc -c < "$opened")
 echo "$1"
-exec cat <&3
+exec head -c $(($1 + 1)) <&3
 """
 
 SHA256 = r"""[ -f "$1" ] || exit 3

@@ -27,7 +27,7 @@ from optio_host._streams import (
 from optio_host.host._core import HostCore
 from optio_host.host.interface import FileSource
 
-__all__ = ["ReleasingIterator", "Transfers", "checksum_mismatch", "normalize_sha256"]
+__all__ = ["ReleasingIterator", "Transfers", "checksum_mismatch", "normalize_sha256", "sized_chunks"]
 
 #: ``fetch_bytes_from_host`` reserves memory for at most this much before reading.
 _PRESIZE_LIMIT = 64 * 1024 * 1024
@@ -164,14 +164,17 @@ class Transfers(HostCore):
         Close the iterator (``aclose``) when done with it early.
         """
         folder = posixpath.normpath(self._resolve(under, what="folder"))
-        return await self._open_checked(self._resolve(path), folder)
+        target = self._resolve(path)
+        size, chunks = await self._open_checked(target, folder)
+        return size, sized_chunks(chunks, size, target)
 
     async def fetch_bytes_from_host(
         self, absolute_path: str, *, progress_cb: ProgressCallback | None = None
     ) -> bytes:
         """The whole contents of a file on the host; ``FileNotFoundError`` if missing."""
         path = self._resolve(absolute_path)
-        size, chunks = await self._read_file(path)
+        size, raw = await self._read_file(path)
+        chunks = sized_chunks(raw, size, path)
         tap = _CountTap(size, progress_cb)
         # A pre-sized BytesIO hands its buffer out without a copy, so peak memory is about the
         # file size, not twice it. Only up to a bound: the size is what the worker claims (a
@@ -186,7 +189,6 @@ class Transfers(HostCore):
                 buffer.write(chunk)
         finally:
             await aclose_iterator(chunks)
-        tap.check_complete(path)
         return buffer.getvalue()
 
     async def fetch_file_from_host(
@@ -198,11 +200,12 @@ class Transfers(HostCore):
     ) -> None:
         """Stream a host file into a local file (atomically: temporary name, then rename)."""
         path = self._resolve(absolute_path)
-        size, chunks = await self._read_file(path)
+        size, raw = await self._read_file(path)
+        chunks = sized_chunks(raw, size, path)
         tap = _CountTap(size, progress_cb)
         target = os.path.abspath(os.fspath(local_path))
         try:
-            await write_atomic(target, tap.tap(chunks), before_commit=lambda: tap.check_complete(path))
+            await write_atomic(target, tap.tap(chunks))
         finally:
             await aclose_iterator(chunks)
 
@@ -303,14 +306,32 @@ class ReleasingIterator(AsyncIterator[bytes]):
                 await asyncio.shield(release())
 
 
+def sized_chunks(chunks: AsyncIterator[bytes], size: int, path: str) -> ReleasingIterator:
+    """``chunks`` of a file whose ``size`` was read at open (fstat); never more than ``size`` bytes.
+
+    A file that turns out longer (or shorter) raises ``OSError`` "changed size while being
+    read" as soon as that shows, so memory and disk stay bounded by ``size`` whatever a worker
+    appends meanwhile. Closing the result closes ``chunks`` (stops the read on the host).
+    """
+
+    async def checked() -> AsyncIterator[bytes]:
+        count = 0
+        async for chunk in chunks:
+            count += len(chunk)
+            if count > size:
+                raise OSError(
+                    f"{path} changed size while being read (more than the {size} bytes it had when opened)"
+                )
+            yield chunk
+        if count != size:
+            raise OSError(f"{path} changed size while being read ({count} of {size} bytes)")
+
+    return ReleasingIterator(checked(), lambda: aclose_iterator(chunks))
+
+
 class _CountTap(Sha256Tap):
     """A ``Sha256Tap`` that only counts (hashing costs time on multi-GiB transfers)."""
 
     def update(self, chunk: bytes) -> None:
         self.count += len(chunk)
         self._report()
-
-    def check_complete(self, path: str) -> None:
-        """``OSError`` unless exactly the announced size went through (the file changed meanwhile)."""
-        if self.count != self._total:
-            raise OSError(f"{path} changed size while being read ({self.count} of {self._total} bytes)")

@@ -15,7 +15,13 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 from optio_host.detached import DetachedProcess, launch_detached
 from optio_host.errors import CommandTimeout, HostCommandError
-from optio_host.host._transfers import ReleasingIterator, Transfers, checksum_mismatch, normalize_sha256
+from optio_host.host._transfers import (
+    ReleasingIterator,
+    Transfers,
+    checksum_mismatch,
+    normalize_sha256,
+    sized_chunks,
+)
 from optio_host.host.interface import Command, FileSource, Host
 from optio_host.process import ProcessHandle, RunResult
 
@@ -29,6 +35,7 @@ __all__ = [
     "checksum_mismatch",
     "kill_quietly",
     "normalize_sha256",
+    "sized_chunks",
 ]
 
 

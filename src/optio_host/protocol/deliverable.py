@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from optio_host._localfs import write_atomic
 from optio_host._streams import CHUNK_SIZE, aclose_iterator
+from optio_host.host.base import sized_chunks
 from optio_host.protocol.parser import relativize_deliverable_path, validate_deliverable_path
 
 __all__ = ["Deliverable", "DeliverableHandler", "local_target", "open_deliverable"]
@@ -39,7 +40,8 @@ class Deliverable:
 
     The first read (``save``, ``chunks`` or ``read_bytes``) streams the file
     the session opened and checked; a later read opens and checks it again.
-    Memory stays flat whatever the size, except in ``read_bytes``.
+    Memory stays flat whatever the size, except in ``read_bytes``. No read goes past the
+    size seen when the file was opened: one that grows meanwhile raises ``OSError``.
     """
 
     def __init__(
@@ -58,25 +60,21 @@ class Deliverable:
         return f"Deliverable({self.relative_path!r}, size={self.size})"
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The file's bytes, in chunks; ``OSError`` if it changed size while being read."""
+        """The file's bytes, in chunks: at most ``size``; ``OSError`` if it changed size while being read."""
         stream, self._opened = self._opened, None
         size = self.size
         if stream is None:
             size, stream = await self._opener()
-        count = 0
+        # Never past the size seen at open, whatever the host's stream does (a consumer's own host).
+        checked = sized_chunks(stream, size, f"deliverable {self.relative_path}")
         try:
-            async for chunk in stream:
-                count += len(chunk)
+            async for chunk in checked:
                 yield chunk
         finally:
-            await aclose_iterator(stream)
-        if count != size:
-            raise OSError(
-                f"deliverable {self.relative_path} changed size while being read ({count} of {size} bytes)"
-            )
+            await aclose_iterator(checked)
 
     async def read_bytes(self) -> bytes:
-        """The whole file in memory (memory grows with the bytes actually read)."""
+        """The whole file in memory (at most ``size`` bytes: a file that grows is refused)."""
         data = bytearray()
         async for chunk in self.chunks():
             data += chunk
