@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 from optio_host._streams import ProgressThrottle
 from optio_host.errors import DownloadFailed, redact_credentials, redact_url
 from optio_host.host import _scripts as scripts
-from optio_host.host.base import Host, checksum_mismatch, kill_quietly, normalize_sha256
+from optio_host.host.base import Host, checksum_mismatch, normalize_sha256
 from optio_host.host.local import LocalHost
 from optio_host.paths import temp_name_for
-from optio_host.process import ProcessHandle, RunResult
+from optio_host.process import ProcessHandle, RunResult, owned_by
 from optio_host.quoting import join, script_argv
 
 if TYPE_CHECKING:
@@ -312,13 +312,15 @@ class _Download:
         ]
         argv = script_argv(_CURL, "1", *folder, *curl)
         try:
-            handle = await host.launch_subprocess(argv, cwd="/", merge_stderr=False, stdin=True)
+            handle = owned_by(
+                await host.launch_subprocess(argv, cwd="/", merge_stderr=False, stdin=True), host
+            )
         except FileNotFoundError as exc:
             raise self._failed(127, f"{exc}; install curl on the host to use the download task") from exc
         try:
             await _send_config(handle, _curl_config(self.url))
         except BaseException:
-            await asyncio.shield(kill_quietly(host, handle))
+            await handle.kill()
             raise
         stderr = _StderrReader(meter)
         completion = asyncio.ensure_future(_complete(handle, stderr))
@@ -335,7 +337,7 @@ class _Download:
         finally:
             if not completion.done():
                 completion.cancel()
-                await asyncio.shield(kill_quietly(host, handle))
+                await handle.kill()
                 with contextlib.suppress(BaseException):
                     await completion
 

@@ -213,6 +213,8 @@ class _Worker:
             _, pending = await asyncio.wait(self._relays, timeout=DRAIN_GRACE)
             for task in pending:
                 task.cancel()
+        if self.handle is not None:
+            await self.handle.aclose()  # ended by now: reap it and close its pipes or channel
             await asyncio.wait(self._relays)
         if self.handle is not None and self.handle.returncode is not None and self.exit_code is None:
             self.exit_code = self.handle.returncode

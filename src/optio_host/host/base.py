@@ -10,7 +10,6 @@ are built here on top of those primitives, so the two hosts cannot drift.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 from optio_host.detached import DetachedProcess, launch_detached
@@ -33,17 +32,9 @@ __all__ = [
     "Host",
     "ReleasingIterator",
     "checksum_mismatch",
-    "kill_quietly",
     "normalize_sha256",
     "sized_chunks",
 ]
-
-
-async def kill_quietly(host: Host, handle: ProcessHandle) -> None:
-    """SIGKILL ``handle``'s process tree if it still runs; never raises (for clean-up paths)."""
-    if handle.returncode is None:
-        with contextlib.suppress(Exception):
-            await host.terminate_subprocess(handle, aggressive=True)
 
 
 class BaseHost(Transfers):
@@ -108,9 +99,6 @@ class BaseHost(Transfers):
         if check and code != 0:
             raise HostCommandError(cmd, code, result.stdout, result.stderr)
         return result
-
-    async def _kill_quietly(self, handle: ProcessHandle) -> None:
-        await kill_quietly(self, handle)
 
     async def run_command(
         self,
