@@ -347,3 +347,72 @@ async def test_long_names_and_link_targets_restore(host: Host, fmt: int) -> None
     await host.restore_workdir(from_list([gzip.compress(buffer.getvalue(), 1)]))
     for name in ("short", f"{deep}/hard.txt"):
         assert await host.fetch_bytes_from_host(f"{host.workdir}/{name}") == b"deep"
+
+
+# ------------------------------------------------------------------ red team (second pass)
+
+
+def _pax_record(text: bytes) -> bytes:
+    """One pax record ``<len> <text>``; ``text`` carries its own key, value and newline."""
+    length = len(text) + 2
+    while len(str(length)) + 1 + len(text) != length:
+        length = len(str(length)) + 1 + len(text)
+    return str(length).encode() + b" " + text
+
+
+def _raw_header(name: str, kind: bytes, size: int = 0, linkname: str = "") -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.linkname = kind, size, linkname
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def _pax_member(records: bytes, name: str, kind: bytes, linkname: str = "") -> bytes:
+    pax = _raw_header("PaxHeader", tarfile.XHDTYPE, len(records))
+    return pax + records + bytes(-len(records) % 512) + _raw_header(name, kind, linkname=linkname)
+
+
+@pytest.mark.parametrize("blanks", [b" ", b"\t"], ids=["two-blanks", "blank-tab"])
+async def test_a_pax_keyword_tar_reads_differently_is_refused(host: Host, blanks: bytes) -> None:
+    # GNU tar skips blanks around a pax keyword: read leniently, " linkpath" hid a link out.
+    records = _pax_record(blanks + b"path=s\n") + _pax_record(blanks + b"linkpath=../../outside\n")
+    archive = gzip.compress(_pax_member(records, "innocent", tarfile.SYMTYPE, "ok") + bytes(1024))
+    await assert_refused_changes_nothing(host, archive, match="malformed pax header")
+
+
+async def test_a_pax_size_in_other_digits_is_refused(host: Host) -> None:
+    records = _pax_record("size=\u0661\u0660\u0662\u0664\n".encode())
+    archive = gzip.compress(_pax_member(records, "f", tarfile.REGTYPE) + bytes(1024))
+    await assert_refused_changes_nothing(host, archive, match="malformed pax size")
+
+
+@pytest.mark.timeout(30)
+async def test_a_link_chain_that_doubles_at_each_link_is_refused_at_once(host: Host) -> None:
+    # b1 -> a/a, b2 -> b1/b1, ... : resolving b34 would follow 2^34 links (a depth of only 34).
+    def build(tar: tarfile.TarFile) -> None:
+        add(tar, "a", tarfile.SYMTYPE, linkname=".")
+        previous = "a"
+        for k in range(1, 35):
+            add(tar, f"b{k}", tarfile.SYMTYPE, linkname=f"{previous}/{previous}")
+            previous = f"b{k}"
+
+    started = time.monotonic()
+    await assert_refused_changes_nothing(host, tar_bytes(build), match="too many links")
+    assert time.monotonic() - started < 10
+
+
+async def test_an_overlong_name_is_refused(host: Host) -> None:
+    def build(tar: tarfile.TarFile) -> None:
+        add(tar, "a/" * 24000 + "f", data=b"x")
+
+    await assert_refused_changes_nothing(host, tar_bytes(build), match="longer than")
+
+
+async def test_a_refused_archive_with_a_read_only_folder_leaves_no_staging(host: Host) -> None:
+    def build(tar: tarfile.TarFile) -> None:
+        add(tar, "ro", tarfile.DIRTYPE, mode=0o500)
+        add(tar, "ro/inner.txt", data=b"x")
+        add(tar, "../evil", data=b"x")
+
+    await assert_refused_changes_nothing(host, tar_bytes(build))
+    entries = await host.run(["ls", "-A", host.taskdir])
+    assert entries.stdout.split() == ["workdir"]  # no staging folder left beside it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -123,3 +124,17 @@ async def test_a_handle_owns_its_process_and_a_cancelled_close_still_ends_it(hos
         with pytest.raises(asyncio.CancelledError):
             await closing
     assert stubborn.returncode is not None  # killed at once on the cancel, then re-raised
+
+
+async def test_a_run_cancelled_while_starting_ends_its_whole_tree_promptly(host: Host) -> None:
+    marker = f"{time.time_ns() % 10**9}"
+    for delay in (0, 0, 0.001, 0.005):
+        task = asyncio.ensure_future(host.run(f"sleep 7.{marker} & echo started; wait"))
+        await asyncio.sleep(delay)
+        started = time.monotonic()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - started < 4  # not the 7 s the background sleep keeps a pipe open
+    processes = await host.run(["ps", "-eo", "args"])
+    assert f"sleep 7.{marker}" not in processes.stdout

@@ -28,8 +28,15 @@ BLOCK = 512
 _SLICE = 1024 * 1024
 #: Extended headers (pax, GNU long names) larger than this are refused.
 _MAX_META = 1024 * 1024
-#: How many symbolic links one target may go through before it counts as a loop.
+#: How many symbolic links one target's resolution may follow in all (Linux's MAXSYMLINKS):
+#: a total, not a depth, so a chain that doubles at each link cannot make the check exponential.
 _MAX_HOPS = 40
+#: Longest member name or link target (Linux's PATH_MAX): bounds the work and memory per name.
+_MAX_NAME = 4096
+#: A pax record's keyword, exactly (GNU tar skips blanks around it; a lenient reading would
+#: let a checker and tar see different keys).
+_PAX_KEY = re.compile(rb"[A-Za-z0-9._]+")
+_DECIMAL = re.compile(r"[0-9]+")
 _ZERO_BLOCK = bytes(BLOCK)
 _OCTAL = re.compile(rb" *([0-7]+)(?:[ \0]|$)")
 _REGULAR, _DIR, _SYMLINK, _HARDLINK = b"0\x007", b"5", b"2", b"1"
@@ -99,11 +106,13 @@ class _Names:
         self.kinds[name] = kind
 
     def _check_symlink(self, name: str, folder: list[str], target: str) -> None:
+        if len(target) > _MAX_NAME:
+            raise _refuse(f"symbolic link {name!r} has a target longer than {_MAX_NAME} characters")
         if not target or target.startswith("/"):
             raise _refuse(f"symbolic link {name!r} -> {target!r} is absolute or empty")
-        self._resolve(list(folder), target, 0, name)
+        self._resolve(list(folder), target, [_MAX_HOPS], name)
 
-    def _resolve(self, stack: list[str], target: str, hops: int, name: str) -> list[str]:
+    def _resolve(self, stack: list[str], target: str, budget: list[int], name: str) -> list[str]:
         for part in target.split("/"):
             if part in ("", "."):
                 continue
@@ -118,15 +127,18 @@ class _Names:
             if link is None:
                 self._referenced.add(path)
                 continue
-            if hops >= _MAX_HOPS:
+            budget[0] -= 1
+            if budget[0] < 0:
                 raise _refuse(f"symbolic link {name!r} goes through too many links")
             stack.pop()
-            stack = self._resolve(stack, link, hops + 1, name)
+            stack = self._resolve(stack, link, budget, name)
         return stack
 
 
 def _normalize(raw: str, what: str) -> str | None:
     """``raw`` without ``.`` and empty parts; ``None`` for the root; refuses absolute and ``..``."""
+    if len(raw) > _MAX_NAME:
+        raise _refuse(f"{what} has a name longer than {_MAX_NAME} characters")
     if raw.startswith("/"):
         raise _refuse(f"{what} has an absolute path {raw!r}")
     parts = [part for part in raw.split("/") if part not in ("", ".")]
@@ -165,6 +177,8 @@ def _pax_records(data: bytes, what: str) -> dict[str, str]:
         if end > len(data) or not record.endswith(b"\n") or b"=" not in record:
             raise _refuse(f"malformed {what}")
         key, _, value = record[:-1].partition(b"=")
+        if _PAX_KEY.fullmatch(key) is None:
+            raise _refuse(f"malformed {what}: keyword {key!r}")
         text = value.decode("utf-8", "surrogateescape")
         if "\0" in text:
             raise _refuse(f"{what} has a NUL in {key!r}")
@@ -302,7 +316,7 @@ class TarChecker:
         name = pending.get("xpath", pending.get("L", name))
         linkname = pending.get("xlinkpath", pending.get("K", _text(block[157:257])))
         if "xsize" in pending:
-            if not pending["xsize"].isdigit():
+            if _DECIMAL.fullmatch(pending["xsize"]) is None:
                 raise _refuse(f"member {name!r} has a malformed pax size")
             size = int(pending["xsize"])
         self.members += 1

@@ -20,13 +20,13 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import shutil
 import subprocess
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from fnmatch import fnmatchcase
 
+from optio_host._localfs import rmtree_forcibly
 from optio_host._streams import CHUNK_SIZE, BlockingReader, StreamClosed, iter_from_thread, run_in_thread
 from optio_host._targuard import Gunzip, TarChecker
 from optio_host.paths import temp_name_for
@@ -240,16 +240,25 @@ def _extract(reader: BlockingReader, checker: TarChecker, staging: str, stop: th
         checker.finish()
     if checker.needs_mode_fix:
         subprocess.run(FIX_MODES, cwd=staging, check=True, stdin=subprocess.DEVNULL)
-    _check_links(staging, checker.symlinks)
+    _check_links(staging)
 
 
-def _check_links(staging: str, names: Sequence[str]) -> None:
-    """Second line of defence: no symbolic link that was unpacked resolves outside ``staging``."""
+def _check_links(staging: str) -> None:
+    """Second line of defence: no symbolic link anywhere in ``staging`` resolves outside it.
+
+    Every link on disk is checked, not only those the header checker saw: should the checker
+    and ``tar`` ever read a header differently, what ``tar`` made is what counts.
+    """
     root = os.path.realpath(staging)
-    for name in names:
-        resolved = os.path.realpath(os.path.join(root, name))
-        if resolved != root and not resolved.startswith(root + os.sep):
-            raise ValueError(f"refused archive: symbolic link {name!r} leads outside the destination")
+    for folder, dirs, files in os.walk(root):
+        for entry in (*dirs, *files):
+            path = os.path.join(folder, entry)
+            if not os.path.islink(path):
+                continue
+            resolved = os.path.realpath(path)
+            if resolved != root and not resolved.startswith(root + os.sep):
+                name = os.path.relpath(path, root)
+                raise ValueError(f"refused archive: symbolic link {name!r} leads outside the destination")
 
 
 def swap_in(staging: str, target: str) -> str | None:
@@ -303,4 +312,4 @@ async def consume_workdir_archive(
     finally:
         for leftover in (staging, aside):
             if leftover is not None and os.path.lexists(leftover):
-                await asyncio.shield(asyncio.to_thread(shutil.rmtree, leftover, True))
+                await asyncio.shield(asyncio.to_thread(rmtree_forcibly, leftover))

@@ -77,6 +77,10 @@ async def restore_workdir(
         await _unpack(host, archive, staging)
         if archive.checker.needs_mode_fix:
             await host.run(FIX_MODES, cwd=staging, check=True)
+        outside = (await host._sh(scripts.LINKS_OUT, staging)).strip()
+        if outside:
+            name = posixpath.relpath(outside, staging) if outside.startswith(staging) else outside
+            raise ValueError(f"refused archive: symbolic link {name!r} leads outside the destination")
         commit = asyncio.ensure_future(host._sh(scripts.RESTORE_COMMIT, staging, workdir, aside))
         try:
             await _uncancellable(commit)
@@ -85,7 +89,7 @@ async def restore_workdir(
                 leftovers.append(aside)
     finally:
         if host._is_open():
-            await _uncancellable(host._sh('rm -rf -- "$@"', *leftovers, check=False))
+            await _uncancellable(host._sh(scripts.REMOVE_FORCIBLY, *leftovers, check=False))
 
 
 async def _unpack(host: RemoteHost, archive: CheckedArchive, staging: str) -> None:

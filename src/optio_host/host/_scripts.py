@@ -15,8 +15,10 @@ __all__ = [
     "GET",
     "GET_CHECKED",
     "KILL_GROUP",
+    "LINKS_OUT",
     "PRIVATE_DIRS",
     "PUT",
+    "REMOVE_FORCIBLY",
     "RESTORE",
     "RESTORE_COMMIT",
     "SHA256",
@@ -207,6 +209,21 @@ exec 3>&1
 _optio_codes=$( { { "$_optio_gz" -dc; echo "z$?" >&4; } |
   { tar -x -f - "$@" >&3 2>&3; echo "t$?" >&4; cat >/dev/null; }; } 4>&1 )
 echo "optio-restore:" $_optio_codes
+"""
+
+# Second line of defence after unpacking into $1: print the first symbolic link anywhere under it
+# whose full resolution (GNU realpath -m) leads outside it; print nothing when none does.
+LINKS_OUT = r"""root=$(cd -P -- "$1" && pwd -P) || exit 1
+find "$root" -type l -exec sh -c '
+  root=$1; shift
+  for l do
+    t=$(realpath -m -- "$l") || { printf "%s\n" "$l"; exit 0; }
+    case $t in "$root"|"$root"/*) ;; *) printf "%s\n" "$l"; exit 0 ;; esac
+  done' sh "$root" {} + | head -n 1
+"""
+
+# Remove $@ even where an archive left folders without write or search permission for us.
+REMOVE_FORCIBLY = r"""chmod -R u+rwX -- "$@" 2>/dev/null; rm -rf -- "$@"
 """
 
 # Swap the unpacked folder $1 in for the workdir $2 (which moves aside to $3): two renames, undone

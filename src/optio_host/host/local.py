@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from optio_host._localfs import write_atomic
+from optio_host._localfs import rmtree_forcibly, write_atomic
 from optio_host._streams import CHUNK_SIZE, local_file_sha256
 from optio_host.archive import (
     DEFAULT_MAX_BYTES,
@@ -44,6 +44,11 @@ class _Tail:
         self.stopped = True
         if self.watch is not None:
             self.watch._wake()
+
+
+async def _empty_output() -> AsyncIterator[bytes]:
+    return
+    yield b""
 
 
 async def _read_chunks(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
@@ -104,7 +109,7 @@ class LocalHost(BaseHost):
         """Remove the whole taskdir (``aggressive``: also read-only parts, ignoring errors)."""
         taskdir = self.taskdir
         if aggressive:
-            await asyncio.to_thread(_rmtree_forcibly, taskdir)
+            await asyncio.to_thread(rmtree_forcibly, taskdir)
         else:
             try:
                 await asyncio.to_thread(shutil.rmtree, taskdir)
@@ -138,8 +143,8 @@ class LocalHost(BaseHost):
         removed = validate_env_remove(env_remove)
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else validate_argv(command)
         directory = self._resolve(cwd, what="cwd") if cwd is not None else self.workdir
-        try:
-            process = await asyncio.create_subprocess_exec(
+        spawn = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
                 *argv,
                 cwd=directory,
                 env={**without_env(os.environ, removed), **extra_env} if extra_env or removed else None,
@@ -148,6 +153,14 @@ class LocalHost(BaseHost):
                 stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
                 start_new_session=True,  # own process group: terminate ends the whole tree
             )
+        )
+        try:
+            # Shielded: asyncio, cancelled mid-spawn, kills only the direct child and then waits
+            # for its pipes, which the rest of the tree keeps open. Let it start, then end it all.
+            process = await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            await self._end_spawned(spawn)
+            raise
         except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
             raise _not_started(exc, argv[0], directory, is_workdir=cwd is None) from None
         if process.stdout is None:  # pragma: no cover - stdout=PIPE guarantees it
@@ -159,6 +172,14 @@ class LocalHost(BaseHost):
             stdin=process.stdin if stdin else None,
         )
         return owned_by(handle, self)
+
+    async def _end_spawned(self, spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
+        """A launch was cancelled while its process was being created: end whatever started."""
+        try:
+            process = await asyncio.shield(spawn)
+        except BaseException:
+            return  # it failed to start, or we were cancelled again
+        await owned_by(ProcessHandle(pid_like=process, stdout=_empty_output()), self).kill()
 
     async def terminate_subprocess(self, handle: ProcessHandle, *, aggressive: bool = False) -> None:
         process = handle.pid_like
@@ -451,18 +472,3 @@ def _folder_exists(path: str) -> bool:
 def _signal_group(group: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, sig)
-
-
-def _rmtree_forcibly(path: str) -> None:
-    """``rm -rf``: make read-only folders writable where needed, ignore what still fails."""
-    if not os.path.lexists(path):
-        return
-    for root, dirs, _files in os.walk(path):
-        for name in dirs:
-            with contextlib.suppress(OSError):
-                full = os.path.join(root, name)
-                if not os.path.islink(full):
-                    os.chmod(full, 0o700)
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o700)
-    shutil.rmtree(path, ignore_errors=True)
