@@ -46,7 +46,9 @@ _PAX_LAYOUT = {"path", "linkpath", "size"}
 
 
 def _refuse(message: str) -> ValueError:
-    return ValueError(f"refused archive: {message}")
+    # Names come from the archive: keep a refusal readable whatever their length.
+    shown = message if len(message) <= 500 else message[:400] + f"… ({len(message)} characters)"
+    return ValueError(f"refused archive: {shown}")
 
 
 class Gunzip:
