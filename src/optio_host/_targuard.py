@@ -109,7 +109,7 @@ class _Names:
 
     def _check_symlink(self, name: str, folder: list[str], target: str) -> None:
         if len(target) > _MAX_NAME:
-            raise _refuse(f"symbolic link {name!r} has a target longer than {_MAX_NAME} characters")
+            raise _refuse(f"a link target longer than {_MAX_NAME} characters: {name!r}")
         if not target or target.startswith("/"):
             raise _refuse(f"symbolic link {name!r} -> {target!r} is absolute or empty")
         self._resolve(list(folder), target, [_MAX_HOPS], name)
@@ -140,7 +140,7 @@ class _Names:
 def _normalize(raw: str, what: str) -> str | None:
     """``raw`` without ``.`` and empty parts; ``None`` for the root; refuses absolute and ``..``."""
     if len(raw) > _MAX_NAME:
-        raise _refuse(f"{what} has a name longer than {_MAX_NAME} characters")
+        raise _refuse(f"a name longer than {_MAX_NAME} characters: {what}")
     if raw.startswith("/"):
         raise _refuse(f"{what} has an absolute path {raw!r}")
     parts = [part for part in raw.split("/") if part not in ("", ".")]
