@@ -7,7 +7,7 @@ should be written against this protocol.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
@@ -121,6 +121,8 @@ class Host(Protocol):
         input: str | bytes | AsyncIterator[bytes] | None = None,
         timeout: float | None = None,
         check: bool = False,
+        on_stdout: Callable[[bytes], object] | None = None,
+        on_stderr: Callable[[bytes], object] | None = None,
         env_remove: Sequence[str] | None = None,
     ) -> RunResult: ...
 
