@@ -23,6 +23,7 @@ from optio_host._localfs import write_atomic
 from optio_host._streams import CHUNK_SIZE, aclose_iterator
 from optio_host.host.base import sized_chunks
 from optio_host.protocol.parser import relativize_deliverable_path, validate_deliverable_path
+from optio_host.worker import path_inside
 
 __all__ = ["Deliverable", "DeliverableHandler", "local_target", "open_deliverable"]
 
@@ -114,12 +115,10 @@ def local_target(folder: str | os.PathLike[str], relative: str) -> str:
     """
     root = os.path.abspath(os.fspath(folder))
     target = os.path.normpath(os.path.join(root, relative))
-    if os.path.isabs(relative) or not target.startswith(root + os.sep):
+    if os.path.isabs(relative) or target == root or not path_inside(target, root):
         raise ValueError(f"refusing to write {relative!r} outside {root}")
     # Checked before creating folders, as makedirs would follow a link.
-    real_root = os.path.realpath(root)
-    real_dir = os.path.realpath(os.path.dirname(target))
-    if real_dir != real_root and not real_dir.startswith(real_root + os.sep):
+    if not path_inside(os.path.realpath(os.path.dirname(target)), os.path.realpath(root)):
         raise ValueError(f"refusing to write {relative!r}: a symlink leads outside {root}")
     os.makedirs(os.path.dirname(target), exist_ok=True)
     if os.path.islink(target):
