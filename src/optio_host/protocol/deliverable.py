@@ -232,11 +232,8 @@ class DeliverableHandler:
             deliverable: Deliverable = await retrying(
                 lambda: open_deliverable(self._host, relative, path, self.folder)
             )
-        except FileNotFoundError:
-            self._skip(relative, f"Deliverable {relative}: not found")
-            return
         except Exception as exc:
-            self._skip(relative, f"Deliverable {relative}: fetch failed: {exc!r}, skipping")
+            self._skip_unreadable(relative, exc)
             return
         try:
             if self._on_file is not None:
@@ -245,6 +242,13 @@ class DeliverableHandler:
                 await self._hand_over_text(deliverable, retrying)
         finally:
             await deliverable.aclose()
+
+    def _skip_unreadable(self, relative: str, exc: Exception) -> None:
+        """The published texts for a deliverable that could not be opened or read."""
+        if isinstance(exc, FileNotFoundError):
+            self._skip(relative, f"Deliverable {relative}: not found")
+        else:
+            self._skip(relative, f"Deliverable {relative}: fetch failed: {exc!r}, skipping")
 
     async def _hand_over_text(self, deliverable: Deliverable, retrying: Retrying[Any]) -> None:
         relative = deliverable.relative_path
@@ -255,11 +259,8 @@ class DeliverableHandler:
                     "deliverable may have (read into memory); take it with on_deliverable_file"
                 )
             data: bytes = await retrying(deliverable.read_bytes)
-        except FileNotFoundError:
-            self._skip(relative, f"Deliverable {relative}: not found")
-            return
         except Exception as exc:
-            self._skip(relative, f"Deliverable {relative}: fetch failed: {exc!r}, skipping")
+            self._skip_unreadable(relative, exc)
             return
         try:
             text = data.decode("utf-8")
