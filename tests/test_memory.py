@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -64,15 +65,7 @@ def test_large_transfers_and_archives_keep_memory_flat(
         "source": source,
         "back": os.path.join(tmp_path, "back.bin"),
     }
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=220,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    outcome = _run_child(CHILD, spec)
     assert outcome["size"] == SIZE
     assert os.path.getsize(spec["back"]) == SIZE
     # About 50 MiB is the interpreter with its imports; the data itself must not show up.
@@ -131,18 +124,24 @@ def test_a_1_gib_deliverable_from_a_remote_host_keeps_memory_under_100_mib(
         "size": size,
     }
     try:
-        result = subprocess.run(
-            [sys.executable, "-c", DELIVERABLE_CHILD, json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            timeout=220,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        outcome = json.loads(result.stdout.strip().splitlines()[-1])
+        outcome = _run_child(DELIVERABLE_CHILD, spec)
         assert outcome["size"] == size == os.path.getsize(spec["out"])
         assert outcome["sha256"] == outcome["remote_sha256"]
         print(f"1 GiB deliverable saved from RemoteHost: VmHWM {outcome['peak'] / 2**20:.1f} MiB")
         assert outcome["peak"] < 100 * 1024 * 1024, f"peak RSS {outcome['peak'] / 2**20:.0f} MiB for 1 GiB"
     finally:
         subprocess.run(["rm", "-rf", spec["taskdir"], spec["out"]], check=False)
+
+
+def _run_child(script: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run ``script`` in a fresh interpreter (so VmHWM is its own) and return its JSON outcome."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=220,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return outcome
