@@ -11,6 +11,7 @@ import time
 import pytest
 
 from optio_host import CommandTimeout, HostCommandError, ProcessHandle, RunResult
+from optio_host.host._striped import SEGMENT
 from optio_host.host.base import Host
 
 from ._support import HOSTILE_ARGS, HOSTILE_NAMES, chunks_of, sha256
@@ -230,6 +231,27 @@ async def test_put_bytes_path_and_iterator_sources(host: Host, tmp_path: object)
         assert sha256(await host.fetch_bytes_from_host(target)) == sha256(payload)
     mode = await host.run(["stat", "-c", "%a", target_b])
     assert mode.stdout.strip() == "750"  # a local file's permission bits travel with it
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o444])
+async def test_put_of_many_segments_is_complete_and_keeps_the_mode(
+    host: Host, tmp_path: object, mode: int
+) -> None:
+    # Past one segment (4 MiB) a RemoteHost stripes the upload over several channels.
+    payload = os.urandom(3 * SEGMENT + 12_345)
+    local = os.path.join(str(tmp_path), "big.bin")
+    with open(local, "wb") as handle:
+        handle.write(payload)
+    os.chmod(local, mode)  # a read-only source must still be writable while it is being written
+    target = host.workdir + "/big/big.bin"
+    await host.put_file_to_host(local, target, expected_sha256=sha256(payload))
+    await host.put_file_to_host(chunks_of(payload, 100_003), target + ".2")
+    for written in (target, target + ".2"):
+        assert await host.file_sha256(written) == sha256(payload)
+    stat = await host.run(["stat", "-c", "%a", target])
+    assert stat.stdout.strip() == f"{mode:o}"
+    listing = await host.run(["ls", "-A", host.workdir + "/big"])
+    assert listing.stdout.split() == ["big.bin", "big.bin.2"]
 
 
 async def test_put_reports_progress_up_to_100(host: Host) -> None:

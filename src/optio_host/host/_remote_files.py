@@ -15,6 +15,7 @@ import asyncssh
 from optio_host.host import _scripts as scripts
 from optio_host.host._remote_processes import RemoteProcesses, RemoteStdin, stdin_of
 from optio_host.host._ssh import describe, translate_errors
+from optio_host.host._striped import SEGMENT, StripedWriter, segments
 from optio_host.host.base import ReleasingIterator
 from optio_host.paths import temp_name_for
 from optio_host.process import ProcessHandle
@@ -77,7 +78,10 @@ class RemoteFiles(RemoteProcesses):
         before_commit: Callable[[], None],
     ) -> None:
         temp = temp_name_for(target)
-        args = [posixpath.dirname(target) or "/", temp, "" if mode is None else f"{mode:o}"]
+        head, more = await _take(chunks, SEGMENT + 1)
+        # Owner-writable while being written (the lanes open it again); the exact mode at the end.
+        writable = None if mode is None else mode | 0o200
+        args = [posixpath.dirname(target) or "/", temp, "" if writable is None else f"{writable:o}"]
         handle = await self.launch_subprocess(
             script_argv(scripts.PUT, *args), cwd="/", merge_stderr=True, stdin=True
         )
@@ -85,20 +89,55 @@ class RemoteFiles(RemoteProcesses):
         try:
 
             async def feed(stdin: RemoteStdin) -> None:
-                async for chunk in chunks:
-                    stdin.write(chunk)
-                    await stdin.drain()
+                if more is None:  # it all fits in one segment: one channel, no striping
+                    for chunk in head:
+                        stdin.write(chunk)
+                        await stdin.drain()
 
             code, output = await self._feed_and_wait(handle, feed)
             if code != 0:
-                where = describe(self.ssh_config)
-                raise OSError(f"writing {target} on {where} failed (exit {code}): {output}")
+                raise self._write_failed(target, code, output)
+            if more is not None:
+                await self._write_striped(temp, target, _chain(head, more))
             before_commit()
+            if mode is not None and mode != writable:
+                await self._sftp_call(temp, lambda sftp: sftp.chmod(temp, mode))
             await self._sftp_call(target, lambda sftp: sftp.posix_rename(temp, target))
             committed = True
         finally:
             if not committed:
                 await asyncio.shield(self._discard(handle, temp))
+
+    def _write_failed(self, target: str, code: int, output: str) -> OSError:
+        return OSError(f"writing {target} on {describe(self.ssh_config)} failed (exit {code}): {output}")
+
+    async def _write_striped(self, temp: str, target: str, chunks: AsyncIterator[bytes]) -> None:
+        """Write ``chunks`` into the existing ``temp`` over several channels (see ``_striped``)."""
+
+        def lane() -> Awaitable[ProcessHandle]:
+            return self.launch_subprocess(
+                script_argv(scripts.PUT_LANE, temp), cwd="/", merge_stderr=True, stdin=True
+            )
+
+        written = 0
+        async with StripedWriter(lane) as writer:
+            try:
+                with translate_errors(self.ssh_config, "sending data", keep=(BrokenPipeError,)):
+                    async for segment in segments(chunks):
+                        await writer.send(written, segment)
+                        written += sum(map(len, segment))
+            except BrokenPipeError:
+                pass  # a lane ended early: its exit code and output below say why
+            results = await writer.finish()
+        for code, output in results:
+            if code != 0:
+                raise self._write_failed(target, code, output)
+        attrs = await self._stat(temp, follow=False)
+        if attrs is None or attrs.size != written:
+            raise OSError(
+                f"writing {target} on {describe(self.ssh_config)}: the host has "
+                f"{None if attrs is None else attrs.size} bytes of the {written} sent; not committed"
+            )
 
     async def _feed_and_wait(
         self, handle: ProcessHandle, feed: Callable[[RemoteStdin], Awaitable[None]]
@@ -246,6 +285,26 @@ async def _first_line(chunks: AsyncIterator[bytes]) -> tuple[str, AsyncIterator[
             yield chunk
 
     return line.decode(errors="replace").strip(), remainder()
+
+
+async def _take(chunks: AsyncIterator[bytes], limit: int) -> tuple[list[bytes], AsyncIterator[bytes] | None]:
+    """The first chunks of ``chunks``, up to at least ``limit`` bytes, and the rest (``None``
+    when the stream ended before ``limit``)."""
+    head: list[bytes] = []
+    held = 0
+    async for chunk in chunks:
+        head.append(chunk)
+        held += len(chunk)
+        if held >= limit:
+            return head, chunks
+    return head, None
+
+
+async def _chain(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in head:
+        yield chunk
+    async for chunk in rest:
+        yield chunk
 
 
 async def _empty() -> AsyncIterator[bytes]:

@@ -18,6 +18,7 @@ __all__ = [
     "LINKS_OUT",
     "PRIVATE_DIRS",
     "PUT",
+    "PUT_LANE",
     "REMOVE_FORCIBLY",
     "RESTORE",
     "RESTORE_COMMIT",
@@ -132,6 +133,16 @@ set -C
 : > "$temp" || exit 1
 if [ -n "$mode" ]; then chmod "$mode" -- "$temp" || exit 1; fi
 exec cat >> "$temp"
+"""
+
+# One lane of a striped upload (``_striped``) into the file $1, which PUT created: frames on
+# stdin, each a line "<offset> <length>" and then that many bytes, written at that offset (offsets
+# are multiples of 64 KiB). `head -c` reads exactly the frame's bytes, never the next header;
+# dd's own report is kept only to explain a failure (a full disk, say).
+PUT_LANE = r"""while read -r off len; do
+  out=$(head -c "$len" | dd of="$1" bs=65536 seek=$((off / 65536)) conv=notrunc 2>&1) || {
+    printf '%s\n' "$out"; exit 1; }
+done
 """
 
 # Stream $1: a first line with its size (or "missing", "directory", "special"), then its bytes.
