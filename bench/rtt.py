@@ -2,10 +2,10 @@
 
 Needs root (a network namespace with an sshd behind a veth link, from ``tests/_netns.py``). This
 kernel has no ``sch_netem``: the delay comes from ``DelayRelay``, a TCP relay on this machine's end
-of the link that holds every chunk back 25 ms each way; it runs in its own thread and event loop,
-and every client (ours, sftp, scp) connects through it.
+of the link that holds every chunk back 25 ms each way; it runs in a process of its own, and every
+client (ours, sftp, scp) connects through it.
 
-    PYTHONPATH=src .venv/bin/python bench/rtt.py [--size-mib 256] [--rtt-ms 50]
+    PYTHONPATH=src .venv/bin/python bench/rtt.py [--size-mib 256] [--rtt-ms 50] [--runs 3]
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import asyncio
 import dataclasses
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests._netns import DelayRelay, NetnsLab  # (run from the repository root)
+from tests._netns import NetnsLab  # (run from the repository root)
 
 from optio_host import RemoteHost
 from optio_host._streams import iter_local_file
@@ -31,24 +31,43 @@ from optio_host._streams import iter_local_file
 MIB = 1024 * 1024
 
 
-class RelayThread:
-    """A ``DelayRelay`` on its own event loop, so its work does not compete with the client's loop."""
+class RelayProcess:
+    """A ``DelayRelay`` in a process of its own: the link's work competes neither with the client's
+    event loop nor for its GIL (in a thread it did both, and capped what we measured)."""
+
+    _CODE = (
+        "import asyncio, sys\n"
+        "from tests._netns import DelayRelay\n"
+        "async def main():\n"
+        "    relay = DelayRelay(sys.argv[1], (sys.argv[2], int(sys.argv[3])))\n"
+        "    relay.delay = float(sys.argv[4])\n"
+        "    print(await relay.start(), flush=True)\n"
+        "    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)\n"
+        "    await relay.close()\n"
+        "asyncio.run(main())\n"
+    )
 
     def __init__(self, listen: str, target: tuple[str, int], delay: float) -> None:
-        self.relay = DelayRelay(listen, target)
-        self.relay.delay = delay
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._args = [listen, target[0], str(target[1]), str(delay)]
+        self._process: subprocess.Popen[str] | None = None
 
     def start(self) -> int:
-        self._thread.start()
-        return asyncio.run_coroutine_threadsafe(self.relay.start(), self._loop).result(10)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", self._CODE, *self._args],
+            cwd=root,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._process.stdout is not None
+        return int(self._process.stdout.readline())
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.relay.close(), self._loop).result(20)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+        if self._process is not None:
+            assert self._process.stdin is not None
+            self._process.stdin.close()  # its cue to close the relay and exit
+            self._process.wait(20)
 
 
 def openssh(kind: str, port: int, known_hosts: str, key: str) -> list[str]:
@@ -81,7 +100,7 @@ async def main(args: argparse.Namespace) -> None:
     size = args.size_mib * MIB
     scratch = tempfile.mkdtemp(prefix="optio-rtt-")
     lab = NetnsLab().start()
-    relay = RelayThread(lab.local_address, (lab.address, lab.sshd.port), args.rtt_ms / 2000)
+    relay = RelayProcess(lab.local_address, (lab.address, lab.sshd.port), args.rtt_ms / 2000)
     try:
         port = relay.start()
         known_hosts = os.path.join(scratch, "known_hosts")
@@ -118,8 +137,14 @@ async def main(args: argparse.Namespace) -> None:
                 "snapshot restore, ours": lambda: host.restore_workdir(iter_local_file(archive)),
                 "snapshot archive, ours": lambda: drain(host),
             }
-            for label, action in rows.items():
-                await timed(label, size, action)
+            times: dict[str, list[float]] = {label: [] for label in rows}
+            for _ in range(args.runs):  # every row once per round, so noise spreads over all of them
+                for label, action in rows.items():
+                    times[label].append(await timed(label, size, action))
+            print(f"medians of {args.runs} round(s):")
+            for label, seconds in times.items():
+                middle = statistics.median(seconds)
+                print(f"  {label:<44} {middle:6.2f} s  {size / MIB / middle:6.1f} MiB/s", flush=True)
             await host.cleanup_taskdir(True)
     finally:
         relay.close()
@@ -144,4 +169,5 @@ if __name__ == "__main__":
     )
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--rtt-ms", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=3, help="rounds over every row (default 3)")
     asyncio.run(main(parser.parse_args()))

@@ -24,6 +24,7 @@ from optio_host.archive import (
     resolve_excludes,
 )
 from optio_host.host import _scripts as scripts
+from optio_host.host._striped import SEGMENT, SLOW_LAUNCH, chain_head, take_head
 from optio_host.paths import temp_name_for
 from optio_host.process import ProcessHandle
 from optio_host.quoting import script_argv
@@ -69,12 +70,21 @@ async def restore_workdir(
 ) -> None:
     """Replace the workdir with the archive (see the module docstring); ``ValueError`` if refused."""
     workdir = host.workdir.rstrip("/")
-    staging, aside = temp_name_for(workdir), temp_name_for(workdir)
-    leftovers = [staging]  # removed at the end, whatever happens (aside: once it holds the old workdir)
+    staging, aside, staged = temp_name_for(workdir), temp_name_for(workdir), temp_name_for(workdir)
+    # Removed at the end, whatever happens (aside: once it holds the old workdir).
+    leftovers = [staging, staged]
     try:
-        await host._sh('umask 077 && mkdir -p -- "$2" && mkdir -- "$1"', staging, posixpath.dirname(workdir))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await host._sh(
+            'umask 077 && mkdir -p -- "$2" && mkdir -- "$1" && set -C && : > "$3"',
+            staging,
+            posixpath.dirname(workdir),
+            staged,
+        )
+        slow = loop.time() - started >= SLOW_LAUNCH
         archive = CheckedArchive(stream, max_bytes=max_bytes, max_members=max_members)
-        await _unpack(host, archive, staging)
+        await _unpack(host, archive, staging, staged if slow else None)
         if archive.checker.needs_mode_fix:
             await host.run(FIX_MODES, cwd=staging, check=True)
         outside = (await host._sh(scripts.LINKS_OUT, staging)).strip()
@@ -92,12 +102,23 @@ async def restore_workdir(
             await _uncancellable(host._sh(scripts.REMOVE_FORCIBLY, *leftovers, check=False))
 
 
-async def _unpack(host: RemoteHost, archive: CheckedArchive, staging: str) -> None:
+async def _unpack(host: RemoteHost, archive: CheckedArchive, staging: str, staged: str | None) -> None:
+    """Unpack into ``staging``; on a long link (``staged`` given) and past one segment, striped
+    lanes fill ``staged`` and the host's tar follows it."""
+    head, more = await take_head(aiter(archive), SEGMENT + 1)
+    chunks = chain_head(head, more)
+    follow = staged if more is not None else None
     handle = await host.launch_subprocess(
-        script_argv(scripts.RESTORE, staging, *TAR_EXTRACT_OPTIONS), cwd="/", merge_stderr=True, stdin=True
+        script_argv(scripts.RESTORE, staging, follow or "", *TAR_EXTRACT_OPTIONS),
+        cwd="/",
+        merge_stderr=True,
+        stdin=True,
     )
     try:
-        output = await _feed(handle, archive)
+        if follow is None:
+            output = await _feed(handle, chunks)
+        else:
+            output = await _collecting(handle, _feed_striped(host, handle, chunks, follow))
         code = await handle.wait()
     except BaseException:
         await handle.kill()
@@ -108,8 +129,51 @@ async def _unpack(host: RemoteHost, archive: CheckedArchive, staging: str) -> No
         raise ValueError(f"the host's tar or gzip refused the archive (exit {code}): {detail}")
 
 
-async def _feed(handle: ProcessHandle, archive: CheckedArchive) -> str:
-    """Send the checked archive to the process; return the start and end of its output."""
+async def _feed_striped(
+    host: RemoteHost, handle: ProcessHandle, archive: AsyncIterator[bytes], staged: str
+) -> None:
+    """Send the archive over striped lanes into ``staged``; tell RESTORE how far it is written."""
+    stdin = handle.stdin
+    assert stdin is not None
+    done: dict[int, int] = {}
+    ready = 0
+
+    def written(offset: int, length: int) -> None:
+        nonlocal ready
+        done[offset] = length
+        if ready not in done:
+            return
+        while ready in done:
+            ready += done.pop(ready)
+        with contextlib.suppress(BrokenPipeError, OSError):  # it stopped reading: its output says why
+            stdin.write(f"{ready}\n".encode())
+
+    try:
+        await host._write_striped(staged, "the workdir archive", archive, on_written=written)
+    finally:
+        stdin.close()
+
+
+async def _feed(handle: ProcessHandle, archive: AsyncIterator[bytes]) -> str:
+    """Send the checked archive to the process's stdin; return the start and end of its output."""
+    stdin = handle.stdin
+    assert stdin is not None
+
+    async def send() -> None:
+        try:
+            async for chunk in archive:
+                stdin.write(chunk)
+                await stdin.drain()
+        except BrokenPipeError:
+            pass  # the script stopped reading: its output says why, and nothing is swapped in
+        finally:
+            stdin.close()
+
+    return await _collecting(handle, send())
+
+
+async def _collecting(handle: ProcessHandle, sending: Awaitable[None]) -> str:
+    """Await ``sending`` while reading the process's output; the start and end of that output."""
     head = bytearray()
     tail = b""
 
@@ -120,17 +184,8 @@ async def _feed(handle: ProcessHandle, archive: CheckedArchive) -> str:
             tail = (tail + piece)[-_KEEP:]
 
     reader = asyncio.ensure_future(collect())
-    stdin = handle.stdin
-    assert stdin is not None
     try:
-        try:
-            async for chunk in archive:
-                stdin.write(chunk)
-                await stdin.drain()
-        except BrokenPipeError:
-            pass  # the script stopped reading: its output says why, and nothing is swapped in
-        finally:
-            stdin.close()
+        await sending
         await reader
     finally:
         reader.cancel()

@@ -15,7 +15,7 @@ import asyncssh
 from optio_host.host import _scripts as scripts
 from optio_host.host._remote_processes import RemoteProcesses, RemoteStdin, stdin_of
 from optio_host.host._ssh import describe, translate_errors
-from optio_host.host._striped import SEGMENT, StripedWriter, segments
+from optio_host.host._striped import SEGMENT, SLOW_LAUNCH, StripedWriter, chain_head, segments, take_head
 from optio_host.host.base import ReleasingIterator
 from optio_host.paths import temp_name_for
 from optio_host.process import ProcessHandle
@@ -78,27 +78,33 @@ class RemoteFiles(RemoteProcesses):
         before_commit: Callable[[], None],
     ) -> None:
         temp = temp_name_for(target)
-        head, more = await _take(chunks, SEGMENT + 1)
+        head, more = await take_head(chunks, SEGMENT + 1)
+        data = chain_head(head, more)
         # Owner-writable while being written (the lanes open it again); the exact mode at the end.
         writable = None if mode is None else mode | 0o200
         args = [posixpath.dirname(target) or "/", temp, "" if writable is None else f"{writable:o}"]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         handle = await self.launch_subprocess(
             script_argv(scripts.PUT, *args), cwd="/", merge_stderr=True, stdin=True
         )
+        # A launch takes about three round trips: a slow one means a long link, where one channel
+        # carries a window per round trip at most (``_striped``). Then PUT only creates the file.
+        striped = more is not None and loop.time() - started >= SLOW_LAUNCH
         committed = False
         try:
 
             async def feed(stdin: RemoteStdin) -> None:
-                if more is None:  # it all fits in one segment: one channel, no striping
-                    for chunk in head:
+                if not striped:
+                    async for chunk in data:
                         stdin.write(chunk)
                         await stdin.drain()
 
             code, output = await self._feed_and_wait(handle, feed)
             if code != 0:
                 raise self._write_failed(target, code, output)
-            if more is not None:
-                await self._write_striped(temp, target, _chain(head, more))
+            if striped:
+                await self._write_striped(temp, target, data)
             before_commit()
             if mode is not None and mode != writable:
                 await self._sftp_call(temp, lambda sftp: sftp.chmod(temp, mode))
@@ -111,8 +117,15 @@ class RemoteFiles(RemoteProcesses):
     def _write_failed(self, target: str, code: int, output: str) -> OSError:
         return OSError(f"writing {target} on {describe(self.ssh_config)} failed (exit {code}): {output}")
 
-    async def _write_striped(self, temp: str, target: str, chunks: AsyncIterator[bytes]) -> None:
-        """Write ``chunks`` into the existing ``temp`` over several channels (see ``_striped``)."""
+    async def _write_striped(
+        self,
+        temp: str,
+        target: str,
+        chunks: AsyncIterator[bytes],
+        on_written: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Write ``chunks`` into the existing ``temp`` over several channels (see ``_striped``);
+        ``on_written(offset, length)`` as each segment reaches the file (in any order)."""
 
         def lane() -> Awaitable[ProcessHandle]:
             return self.launch_subprocess(
@@ -120,7 +133,7 @@ class RemoteFiles(RemoteProcesses):
             )
 
         written = 0
-        async with StripedWriter(lane) as writer:
+        async with StripedWriter(lane, on_written=on_written) as writer:
             try:
                 with translate_errors(self.ssh_config, "sending data", keep=(BrokenPipeError,)):
                     async for segment in segments(chunks):
@@ -285,26 +298,6 @@ async def _first_line(chunks: AsyncIterator[bytes]) -> tuple[str, AsyncIterator[
             yield chunk
 
     return line.decode(errors="replace").strip(), remainder()
-
-
-async def _take(chunks: AsyncIterator[bytes], limit: int) -> tuple[list[bytes], AsyncIterator[bytes] | None]:
-    """The first chunks of ``chunks``, up to at least ``limit`` bytes, and the rest (``None``
-    when the stream ended before ``limit``)."""
-    head: list[bytes] = []
-    held = 0
-    async for chunk in chunks:
-        head.append(chunk)
-        held += len(chunk)
-        if held >= limit:
-            return head, chunks
-    return head, None
-
-
-async def _chain(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    for chunk in head:
-        yield chunk
-    async for chunk in rest:
-        yield chunk
 
 
 async def _empty() -> AsyncIterator[bytes]:

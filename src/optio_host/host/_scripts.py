@@ -137,11 +137,13 @@ exec cat >> "$temp"
 
 # One lane of a striped upload (``_striped``) into the file $1, which PUT created: frames on
 # stdin, each a line "<offset> <length>" and then that many bytes, written at that offset (offsets
-# are multiples of 64 KiB). `head -c` reads exactly the frame's bytes, never the next header;
-# dd's own report is kept only to explain a failure (a full disk, say).
+# are multiples of 64 KiB), then acknowledged with "ok <offset> <length>" once on the file. `head
+# -c` reads exactly the frame's bytes, never the next header; dd's own report is kept only to
+# explain a failure (a full disk, say).
 PUT_LANE = r"""while read -r off len; do
   out=$(head -c "$len" | dd of="$1" bs=65536 seek=$((off / 65536)) conv=notrunc 2>&1) || {
     printf '%s\n' "$out"; exit 1; }
+  echo "ok $off $len"
 done
 """
 
@@ -210,14 +212,25 @@ if command -v pigz >/dev/null 2>&1; then _optio_gz=pigz; else _optio_gz=gzip; fi
   echo "optio-tar-exit:$?" >&2; } | "$_optio_gz" -1
 """
 
-# Unpack a checked gzip'd tar from stdin into the (new, empty) folder $1, with tar options $2...
+# Unpack a checked gzip'd tar into the (new, empty) folder $1, with tar options $3...; the archive
+# comes on stdin, or, when $2 names a file that striped lanes are filling, from that file: stdin
+# then carries lines "<n>", each saying that the file's first n bytes are written (in order).
 # The last line says how the inflater and tar ended: "optio-restore: z<status> t<status>". tar
 # stops reading at the end marker: cat drains what follows, so gzip still checks its trailer.
 RESTORE = r"""cd -- "$1" || exit 2
-shift
+_optio_follow=$2
+shift 2
 if command -v pigz >/dev/null 2>&1; then _optio_gz=pigz; else _optio_gz=gzip; fi
+_optio_inflate() {
+  if [ -z "$_optio_follow" ]; then "$_optio_gz" -dc; return; fi
+  pos=0
+  while read -r upto; do
+    tail -c "+$((pos + 1))" -- "$_optio_follow" | head -c "$((upto - pos))"
+    pos=$upto
+  done | "$_optio_gz" -dc
+}
 exec 3>&1
-_optio_codes=$( { { "$_optio_gz" -dc; echo "z$?" >&4; } |
+_optio_codes=$( { { _optio_inflate; echo "z$?" >&4; } |
   { tar -x -f - "$@" >&3 2>&3; echo "t$?" >&4; cat >/dev/null; }; } 4>&1 )
 echo "optio-restore:" $_optio_codes
 """

@@ -5,7 +5,8 @@ One channel carries at most a window per round trip, and for an upload the windo
 to the next lane (a channel running ``PUT_LANE``, which writes it at its offset), and the writer
 moves on without waiting for it to be sent, so several windows are in flight. Only the first lane
 is waited for: the others join as their channels open, so an upload never waits for a slot that
-other commands hold. Unsent data is at most one segment per lane.
+other commands hold. Unsent data is at most one segment per lane. Striping pays only on a long
+link (``SLOW_LAUNCH``).
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ from types import TracebackType
 
 from optio_host.process import ProcessHandle
 
-__all__ = ["LANES", "SEGMENT", "StripedWriter", "segments"]
+__all__ = ["LANES", "SEGMENT", "SLOW_LAUNCH", "StripedWriter", "chain_head", "segments", "take_head"]
 
 #: Bytes per segment: large enough that per-segment work (a header, two small processes on the
 #: host) is noise, small enough that ``LANES`` unsent segments stay a modest amount of memory.
 SEGMENT = 4 * 1024 * 1024
 #: Channels per upload: 4 x sshd's 2 MiB window covers about 160 MiB/s at 50 ms.
 LANES = 4
+#: Stripe only when starting a command took this long (about three round trips, so a round trip
+#: of 10 ms or more, where one window per round trip caps a stream near 200 MiB/s). On a short
+#: link one channel is faster: each lane costs the host two small processes per segment.
+SLOW_LAUNCH = 0.03
 
 
 async def segments(chunks: AsyncIterator[bytes], size: int = SEGMENT) -> AsyncIterator[list[bytes]]:
@@ -44,18 +49,54 @@ async def segments(chunks: AsyncIterator[bytes], size: int = SEGMENT) -> AsyncIt
         yield group
 
 
+async def take_head(
+    chunks: AsyncIterator[bytes], limit: int
+) -> tuple[list[bytes], AsyncIterator[bytes] | None]:
+    """The first chunks of ``chunks``, up to at least ``limit`` bytes, and the rest (``None``
+    when the stream ended before ``limit``)."""
+    head: list[bytes] = []
+    held = 0
+    async for chunk in chunks:
+        head.append(chunk)
+        held += len(chunk)
+        if held >= limit:
+            return head, chunks
+    return head, None
+
+
+async def chain_head(head: list[bytes], rest: AsyncIterator[bytes] | None) -> AsyncIterator[bytes]:
+    """``take_head``'s two parts as one stream again."""
+    for chunk in head:
+        yield chunk
+    if rest is not None:
+        async for chunk in rest:
+            yield chunk
+
+
 class _Lane:
-    def __init__(self, handle: ProcessHandle) -> None:
+    def __init__(self, handle: ProcessHandle, on_written: Callable[[int, int], None] | None) -> None:
         if handle.stdin is None:  # pragma: no cover - launched with stdin=True
             raise RuntimeError("a lane needs its process's stdin")
         self.handle = handle
         self.stdin = handle.stdin
         self.output = bytearray()
+        self._on_written = on_written
         self.reader = asyncio.ensure_future(self._collect())
 
     async def _collect(self) -> None:
+        """Acknowledgements ("ok <offset> <length>", one per frame written) go to ``on_written``;
+        anything else is kept (the start of it) to explain a failure."""
+        partial = b""
         async for piece in self.handle.stdout:
-            self.output.extend(piece[: 4096 - len(self.output)])
+            *lines, partial = (partial + piece).split(b"\n")
+            for line in lines:
+                fields = line.split()
+                if len(fields) == 3 and fields[0] == b"ok" and fields[1].isdigit() and fields[2].isdigit():
+                    if self._on_written is not None:
+                        self._on_written(int(fields[1]), int(fields[2]))
+                else:
+                    self.output.extend((line + b"\n")[: 4096 - len(self.output)])
+        self.output.extend(partial[: 4096 - len(self.output)])
 
 
 class StripedWriter:
@@ -64,9 +105,12 @@ class StripedWriter:
     def __init__(
         self,
         launch: Callable[[], Awaitable[ProcessHandle]],
+        *,
         lanes: int = LANES,
+        on_written: Callable[[int, int], None] | None = None,
     ) -> None:
         self._launch = launch
+        self._on_written = on_written
         self._wanted = lanes
         self._lanes: list[_Lane] = []
         self._pending: list[asyncio.Future[ProcessHandle]] = []
@@ -74,7 +118,7 @@ class StripedWriter:
         self._finished = False
 
     async def __aenter__(self) -> StripedWriter:
-        self._lanes.append(_Lane(await self._launch()))
+        self._lanes.append(_Lane(await self._launch(), self._on_written))
         self._pending = [asyncio.ensure_future(self._launch()) for _ in range(self._wanted - 1)]
         return self
 
@@ -112,7 +156,7 @@ class StripedWriter:
         for future in [f for f in self._pending if f.done()]:
             self._pending.remove(future)
             if not future.cancelled() and future.exception() is None:
-                self._lanes.append(_Lane(future.result()))
+                self._lanes.append(_Lane(future.result(), self._on_written))
 
     async def _close(self) -> None:
         for future in self._pending:
