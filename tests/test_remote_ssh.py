@@ -158,6 +158,42 @@ async def test_a_changed_key_in_strict_says_changed_not_unknown(server: SshServe
     assert "ssh-keyscan" not in message
 
 
+def _rsa_key(directory: str) -> str:
+    path = os.path.join(directory, "rsa_host_key")
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", path], check=True)
+    return path
+
+
+@pytest.mark.parametrize("policy", ["strict", "accept-new"])
+async def test_a_recorded_key_of_another_type_is_changed_not_a_handshake_error(
+    server: SshServer, tmp_path: object, policy: str
+) -> None:
+    # known_hosts has only an RSA key for the host; the server has only its ed25519 key. Offering
+    # only RSA made sshd hang up mid-handshake ("overloaded?"); OpenSSH's order shows the key.
+    with open(_rsa_key(str(tmp_path)) + ".pub") as handle:
+        rsa = handle.read()
+    known = os.path.join(str(tmp_path), "known_hosts")
+    with open(known, "w") as handle:
+        handle.write(_key_line(server, key=rsa))
+    with pytest.raises(HostKeyChanged) as caught:
+        await _whoami(server.ssh_config(host_key_policy=policy, known_hosts=known))
+    message = str(caught.value)
+    assert "ssh-ed25519 key SHA256:" in message and "(it records ssh-rsa)" in message
+    with open(known) as handle:
+        assert handle.read() == _key_line(server, key=rsa)  # nothing recorded
+
+
+async def test_a_server_with_two_keys_is_checked_against_the_recorded_type(tmp_path: object) -> None:
+    rsa_path = _rsa_key(str(tmp_path))
+    with SshServer(extra_config=f"HostKey {rsa_path}") as sshd:
+        with open(rsa_path + ".pub") as handle:
+            rsa = handle.read()
+        known = os.path.join(str(tmp_path), "known_hosts")
+        with open(known, "w") as handle:
+            handle.write(_key_line(sshd, key=rsa))  # only the RSA key is known
+        assert await _whoami(sshd.ssh_config(known_hosts=known)) == sshd.user
+
+
 async def test_policy_off_connects_to_a_changed_key_but_warns(
     server: SshServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -87,6 +87,29 @@ class HostKeyCheck:
         self._recorded = trusted + cas
         return [key for key in trusted if key not in revoked], [key for key in cas if key not in revoked], []
 
+    def preferred_algorithms(self, addresses: Sequence[str]) -> list[str] | None:
+        """Host-key algorithms in OpenSSH's order: those of the keys known_hosts trusts for this
+        host first, then every other, so a server without such a key still shows the key it has
+        (refused as changed, by name) instead of ending the handshake. ``None`` when nothing is
+        recorded (asyncssh's own order then)."""
+        port = self.endpoint.port if self.endpoint.port != 22 else None
+        trusted: list[asyncssh.SSHKey] = []
+        cas: list[asyncssh.SSHKey] = []
+        for address in ["", *addresses]:
+            keys, authorities, revoked = self._lookup(self.endpoint.host, address, port)
+            trusted += [key for key in keys if key not in revoked]
+            cas += [key for key in authorities if key not in revoked]
+        if not trusted and not cas:
+            return None
+        first = [alg for key in trusted for alg in key.sig_algorithms]
+        if cas:
+            first = asyncssh.public_key.get_default_certificate_algs() + first
+        rest = (
+            asyncssh.public_key.get_default_certificate_algs()
+            + asyncssh.public_key.get_default_public_key_algs()
+        )
+        return [alg.decode() for alg in dict.fromkeys(first + rest)]
+
     def accepts(self, host: str, port: int, key: asyncssh.SSHKey, *, is_ca: bool = False) -> bool:
         """Called by asyncssh for a key (or CA) it does not already trust."""
         self.offered_key = key
@@ -154,9 +177,15 @@ class HostKeyCheck:
             )
             kind: type[HostKeyError] = HostKeyRevoked
         elif self.verdict == "changed":
+            recorded = sorted({known.get_algorithm() for known in self._recorded})
+            other = (
+                ""
+                if key is None or key.get_algorithm() in recorded
+                else f" (it records {', '.join(recorded)})"
+            )
             message = (
                 f"host key for {name} has CHANGED: it now offers {shown}, which does not match "
-                f"{files}. This can mean someone is intercepting the connection. If the change is "
+                f"{files}{other}. This can mean someone is intercepting the connection. If the change is "
                 f"expected, remove the old entry (ssh-keygen -R '{pattern}' -f {endpoint.record_to}) "
                 "and connect again."
             )

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -95,11 +96,11 @@ class _Client(asyncssh.SSHClient):
         self._on_lost()
 
 
-def _user_config_sets_ciphers() -> bool:
+def _user_config_sets(keyword: str) -> bool:
     path = os.path.expanduser("~/.ssh/config")
     try:
         with open(path) as handle:
-            return any(line.strip().lower().startswith("ciphers") for line in handle)
+            return any(line.strip().lower().startswith(keyword) for line in handle)
     except OSError:
         return False
 
@@ -119,7 +120,7 @@ def _connect_options(config: SSHConfig, check: HostKeyCheck) -> dict[str, Any]:
         options["client_keys"] = load_client_keys(os.path.expanduser(config.key_path))
     if config.proxy_jump:
         options["tunnel"] = config.proxy_jump
-    if not _user_config_sets_ciphers():
+    if not _user_config_sets("ciphers"):
         options["encryption_algs"] = [
             alg for alg in _PREFERRED_CIPHERS if alg.encode() in asyncssh.encryption.get_encryption_algs()
         ]
@@ -157,9 +158,26 @@ async def open_connection(config: SSHConfig, on_lost: Any) -> asyncssh.SSHClient
             ) from None
 
 
+async def _addresses(host: str, port: int, config: SSHConfig) -> list[str]:
+    """The addresses ``host`` resolves to here (known_hosts may name a host by address); none
+    through a jump host, or if it does not resolve (connecting then says why)."""
+    if config.proxy_jump:
+        return []
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    return list(dict.fromkeys(str(item[4][0]) for item in found))
+
+
 async def _open_connection(config: SSHConfig, on_lost: Any) -> asyncssh.SSHClientConnection:
-    check = HostKeyCheck(config, resolve(config))
+    endpoint = resolve(config)
+    check = HostKeyCheck(config, endpoint)
     options = _connect_options(config, check)  # a bad key file fails here, before any dialling
+    if not _user_config_sets("hostkeyalgorithms"):
+        algorithms = check.preferred_algorithms(await _addresses(endpoint.host, endpoint.port, config))
+        if algorithms is not None:
+            options["server_host_key_algs"] = algorithms
     where = describe(config)
     try:
         conn = await asyncssh.connect(config.host, client_factory=lambda: _Client(check, on_lost), **options)
