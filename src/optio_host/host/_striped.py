@@ -1,6 +1,7 @@
-"""Striped uploads: one ordered byte stream written to a host over several SSH channels at once.
+"""Striping: one ordered byte stream (an upload, a restore's archive) written to a file on a host
+over several SSH channels at once.
 
-One channel carries at most a window per round trip, and for an upload the window is sshd's
+One channel carries at most a window per round trip, and for data we send the window is sshd's
 (OpenSSH: 2 MiB, so about 40 MiB/s at 50 ms). The stream is cut into segments in order; each goes
 to the next lane (a channel running ``PUT_LANE``, which writes it at its offset), and the writer
 moves on without waiting for it to be sent, so several windows are in flight. Only the first lane
@@ -100,7 +101,7 @@ class _Lane:
 
 
 class StripedWriter:
-    """Owns the lanes of one striped upload: ``async with`` kills any lane left running."""
+    """Owns the lanes of one striped write: ``async with`` kills any lane left running."""
 
     def __init__(
         self,
