@@ -25,8 +25,10 @@ from collections.abc import Callable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests._netns import NetnsLab  # (run from the repository root)
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from optio_host import RemoteHost
 from optio_host._streams import iter_local_file
+from snapshots import _logs  # (the bench folder is not a package)
 
 MIB = 1024 * 1024
 
@@ -116,6 +118,11 @@ async def main(args: argparse.Namespace) -> None:
                 handle.write(os.urandom(MIB))
         archive = os.path.join(scratch, "snapshot.tgz")
         subprocess.run(f"tar -cf - -C {scratch} source.bin | gzip -1 > {archive}", shell=True, check=True)
+        logs = os.path.join(scratch, "logs")
+        os.makedirs(logs)
+        _logs(logs, args.size_mib / 256)
+        logs_archive = os.path.join(scratch, "logs.tgz")
+        subprocess.run(f"tar -cf - -C {logs} . | gzip -1 > {logs_archive}", shell=True, check=True)
         remote = f"{lab.sshd.scratch}/target.bin"
         user_at = f"{lab.sshd.user}@{lab.local_address}"
         ssh_key = lab.sshd.key_path
@@ -134,9 +141,24 @@ async def main(args: argparse.Namespace) -> None:
                     [*openssh("scp", port, known_hosts, ssh_key), f"{user_at}:{remote}", f"{scratch}/b3"],
                     check=True,
                 ),
-                "snapshot restore, ours": lambda: host.restore_workdir(iter_local_file(archive)),
-                "snapshot archive, ours": lambda: drain(host),
             }
+            anchor_dir = f"{lab.sshd.scratch}/anchor"
+            ssh = openssh("ssh", port, known_hosts, ssh_key)
+            ssh[2] = "-p"  # (ssh spells the port option in lower case)
+            for shape, tgz in (("random", archive), ("log lines", logs_archive)):
+                rows |= {
+                    f"restore ({shape}), ours": lambda tgz=tgz: host.restore_workdir(iter_local_file(tgz)),
+                    f"restore ({shape}), ssh gzip -dc | tar -x": lambda tgz=tgz: through_ssh(
+                        ssh,
+                        user_at,
+                        f"rm -rf {anchor_dir} && mkdir {anchor_dir} && cd {anchor_dir} && gzip -dc | tar -xf -",
+                        tgz,
+                    ),
+                    f"archive ({shape}), ours": lambda: drain(host),
+                    f"archive ({shape}), ssh tar -c | gzip -1": lambda: through_ssh(
+                        ssh, user_at, f"cd {anchor_dir} && tar -cf - . | gzip -1", None
+                    ),
+                }
             times: dict[str, list[float]] = {label: [] for label in rows}
             for _ in range(args.runs):  # every row once per round, so noise spreads over all of them
                 for label, action in rows.items():
@@ -156,6 +178,11 @@ def sftp(port: int, known_hosts: str, key: str, user_at: str, batch: str) -> Non
     subprocess.run(
         [*openssh("sftp", port, known_hosts, key), "-b", "-", user_at], input=batch.encode(), check=True
     )
+
+
+def through_ssh(ssh: list[str], user_at: str, command: str, stdin: str | None) -> None:
+    with open(stdin or os.devnull, "rb") as source, open(os.devnull, "wb") as sink:
+        subprocess.run([*ssh, user_at, command], stdin=source, stdout=sink, check=True)
 
 
 async def drain(host: RemoteHost) -> None:
