@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import posixpath
+import secrets
 import time
 
 import pytest
@@ -148,6 +149,32 @@ async def test_run_timeout_raises_with_output_so_far(host: Host) -> None:
     assert isinstance(caught.value, TimeoutError)
     assert isinstance(caught.value, HostCommandError)
     assert caught.value.stdout == "before\n"
+
+
+async def _still_running(host: Host, argv: str) -> bool:
+    found = await host.run(["pgrep", "-x", "-f", argv])
+    return found.exit_code == 0
+
+
+@pytest.mark.parametrize("how", ["timeout", "cancel"])
+async def test_run_ends_children_an_exited_shell_left_holding_its_output(host: Host, how: str) -> None:
+    # The shell exits at once; its background child keeps stdout open, so run() waits on. A
+    # timeout or a cancel must end that child too ("every child it started"), not only the shell.
+    child = f"sleep {secrets.randbelow(10**6) + 10**6}"
+    command = f"{child} & echo started"
+    if how == "timeout":
+        with pytest.raises(CommandTimeout):
+            await host.run(command, timeout=1)
+    else:
+        seen = asyncio.Event()
+        task = asyncio.ensure_future(host.run(command, on_stdout=lambda _: seen.set()))
+        await seen.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    async with asyncio.timeout(10):  # SIGKILL was sent before run() returned; the exit is quick
+        while await _still_running(host, child):
+            await asyncio.sleep(0.05)
 
 
 async def test_run_command_never_raises_for_exit_status(host: Host) -> None:

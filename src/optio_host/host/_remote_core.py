@@ -46,6 +46,8 @@ class RemoteCore(BaseHost):
         self.ssh_config = ssh_config
         self._pool: SessionPool | None = None
         self._groups: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        #: Processes whose output reached its end: nothing of theirs holds it any more.
+        self._drained: weakref.WeakSet[Any] = weakref.WeakSet()
         #: Every command whose channel is still open (it holds a session slot), and what it runs.
         self._open_channels: dict[asyncssh.SSHClientProcess[bytes], str] = {}
         self._watchers: set[asyncio.Task[None]] = set()

@@ -98,6 +98,7 @@ async def _stream(
     config: SSHConfig,
     *,
     owns_channel: bool,
+    on_end: Callable[[], None] | None = None,
 ) -> AsyncIterator[bytes]:
     """A process's output. Abandoning the owning stream closes the channel: output nobody will
     read would otherwise fill the window, sshd would never send its close, and the session slot
@@ -111,6 +112,8 @@ async def _stream(
                 chunk = await reader.read(READ_SIZE)
             if not chunk:
                 finished = True
+                if on_end is not None:
+                    on_end()
                 return
             yield chunk
     finally:
@@ -216,7 +219,14 @@ class RemoteProcesses(RemoteCore):
         return owned_by(
             _RemoteProcessHandle(
                 pid_like=process,
-                stdout=_stream(process, process.stdout, first, self.ssh_config, owns_channel=True),
+                stdout=_stream(
+                    process,
+                    process.stdout,
+                    first,
+                    self.ssh_config,
+                    owns_channel=True,
+                    on_end=lambda: self._drained.add(process),
+                ),
                 stderr=None
                 if merge_stderr
                 else _stream(process, process.stderr, b"", self.ssh_config, owns_channel=False),
@@ -291,7 +301,12 @@ class RemoteProcesses(RemoteCore):
 
     async def _end_group(self, process: asyncssh.SSHClientProcess[bytes], *, aggressive: bool) -> None:
         group = self._groups.get(process)
-        if self._has_ended(process) or group is None:
+        if group is None:
+            return
+        if self._has_ended(process):
+            # Children started in the background still hold its output: they are in its group.
+            if process not in self._drained and not self._kill_later_if_cut_off(process):
+                await self._control(script_argv(scripts.KILL_ORPHANS, str(group)))
             return
         if self._kill_later_if_cut_off(process):
             # Nothing can reach it now, and waiting here for a reconnect would hold back the
@@ -345,16 +360,14 @@ class RemoteProcesses(RemoteCore):
             asyncio.get_running_loop().call_soon(self._schedule_cleanup)
 
     async def _signal_group(self, group: int, signal_name: str) -> None:
-        handle = await self._launch(
-            ["kill", "-s", signal_name, "--", f"-{group}"],
-            env=None,
-            cwd="/",
-            merge_stderr=True,
-            stdin=False,
-            control=True,
-        )
+        await self._control(["kill", "-s", signal_name, "--", f"-{group}"])
+
+    async def _control(self, command: Command) -> None:
+        """Run a short command on a control slot (kept free for ending processes), output ignored:
+        "No such process" when the group already ended is fine."""
+        handle = await self._launch(command, env=None, cwd="/", merge_stderr=True, stdin=False, control=True)
         async for _ in handle.stdout:
-            pass  # "No such process" when it already ended: fine
+            pass
         await handle.wait()
 
     def _has_ended(self, process: asyncssh.SSHClientProcess[bytes]) -> bool:

@@ -15,6 +15,7 @@ __all__ = [
     "GET",
     "GET_CHECKED",
     "KILL_GROUP",
+    "KILL_ORPHANS",
     "LINKS_OUT",
     "PRIVATE_DIRS",
     "PUT",
@@ -194,6 +195,14 @@ exec openssl dgst -sha256 -r "$1"
 KILL_GROUP = r"""if age=$(ps -o etimes= -p "$1" 2>/dev/null); then
   [ "${age##* }" -ge "$2" ] 2>/dev/null || exit 0
 fi
+kill -s KILL -- "-$1" 2>/dev/null
+exit 0
+"""
+
+# KILL what is left of process group $1 (children started in the background) once its leader has
+# exited and been reaped. While any member lives the group id stays taken, so no new process can
+# have it as its pid: a process with that pid means the group emptied and the id was reused.
+KILL_ORPHANS = r"""kill -0 "$1" 2>/dev/null && exit 0
 kill -s KILL -- "-$1" 2>/dev/null
 exit 0
 """

@@ -194,6 +194,8 @@ class LocalHost(BaseHost):
 
     async def _end_group(self, process: asyncio.subprocess.Process, *, aggressive: bool) -> None:
         if process.returncode is not None:
+            if _output_held(process):
+                _kill_orphaned_group(process.pid)
             return
         group = process.pid  # a session leader: its pid is its process group id
         if not aggressive:
@@ -472,3 +474,21 @@ def _folder_exists(path: str) -> bool:
 def _signal_group(group: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, sig)
+
+
+def _output_held(process: asyncio.subprocess.Process) -> bool:
+    """Whether something still holds the output pipes of a command that has exited: children it
+    started in the background (``cmd &``), which are still in its process group."""
+    return any(stream is not None and not stream.at_eof() for stream in (process.stdout, process.stderr))
+
+
+def _kill_orphaned_group(group: int) -> None:
+    """KILL what is left of the group of a leader that has exited and been reaped. While any
+    member lives, the group id stays taken, so no new process can have it as its pid: a process
+    with that pid means the group emptied and the id went to someone else (left alone)."""
+    try:
+        os.kill(group, 0)
+    except ProcessLookupError:
+        _signal_group(group, signal.SIGKILL)
+    except PermissionError:
+        pass  # another user's process has that pid now
