@@ -39,8 +39,9 @@ class HostCore(Host, ABC):
         if taskdir is not None:
             self._taskdir = self._normalize_taskdir(os.fspath(taskdir))
         self._home: str | None = None
-        #: A private taskdir a lost connection kept ``disconnect()`` from removing.
         self.left_behind_taskdir: str | None = None
+        """A private taskdir a lost connection kept ``disconnect()`` from removing (else ``None``);
+        the next ``connect()`` removes it."""
 
     # ---------------------------------------------------------------- identity
 

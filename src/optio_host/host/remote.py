@@ -33,7 +33,8 @@ class RemoteHost(RemoteFiles):
 
     One pool of SSH connections (normally one) carries commands, SFTP and
     port forwards. Without a ``taskdir`` a private one is made on the host at
-    ``connect()`` and removed at ``disconnect()``.
+    ``connect()`` and removed at ``disconnect()``. Its ``Host`` methods are
+    documented on ``Host``; what it adds is the SSH connection and its channels.
     """
 
     # ---------------------------------------------------------------- archives
