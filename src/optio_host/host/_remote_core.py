@@ -130,12 +130,8 @@ class RemoteCore(BaseHost):
         return result.stdout
 
     async def setup_workdir(self) -> None:
-        """Create taskdir and workdir (mode 0700) if missing; never deletes anything.
-
-        On a shared host (``/tmp/<consumer>/<id>``) another user may have made the folder
-        first: a taskdir or workdir that is a link or not ours, or a folder above it that
-        another user could swap, raises ``UnsafeTaskdir``.
-        """
+        # On a shared host (/tmp/<consumer>/<id>) another user may have made the folder first:
+        # PRIVATE_DIRS checks each folder on the way (link, owner, mode) and reports the one at fault.
         result = await self.run(script_argv(scripts.PRIVATE_DIRS, self.taskdir, self.workdir), cwd="/")
         if result.exit_code == 0:
             return
@@ -151,7 +147,6 @@ class RemoteCore(BaseHost):
         raise OSError(f"cannot create {self.workdir} on {where}: {(result.stderr or result.stdout).strip()}")
 
     async def cleanup_taskdir(self, aggressive: bool = False) -> None:
-        """Remove the whole taskdir (``aggressive``: also read-only parts, ignoring errors)."""
         taskdir = self.taskdir
         if taskdir == "/":
             raise ValueError("refusing to remove '/' as a taskdir")
@@ -163,7 +158,7 @@ class RemoteCore(BaseHost):
     async def establish_tunnel(
         self, remote_port: int, *, bind_addr: str = "127.0.0.1", local_port: int = 0
     ) -> int:
-        """Forward ``bind_addr``:``local_port`` here (0: a free one) to ``127.0.0.1:remote_port`` there."""
+        # ``local_port`` (RemoteHost only; 0: a free one) is the port to listen on here.
         if not isinstance(remote_port, int) or not 0 < remote_port < 65536:
             raise ValueError(f"remote_port must be 1-65535, got {remote_port!r}")
         link = self._connected_pool.primary

@@ -64,7 +64,6 @@ class RemoteFiles(RemoteProcesses):
                 return
 
     async def remove_file(self, path: str) -> None:
-        """Delete a file; a missing file is not an error."""
         target = self._resolve(path)
         with contextlib.suppress(FileNotFoundError):
             await self._sftp_call(target, lambda sftp: sftp.remove(target))
@@ -269,7 +268,7 @@ class RemoteFiles(RemoteProcesses):
         return await self._stat(path, follow=False) is not None
 
     async def realpath(self, path: str) -> str:
-        """The path with every symlink resolved on the host; ``FileNotFoundError`` if missing."""
+        # The stat after it makes a missing path FileNotFoundError, whatever the server's realpath does.
         target = self._resolve(path)
         resolved = await self._sftp_call(target, lambda sftp: sftp.realpath(target))
         if await self._stat(resolved) is None:
@@ -277,7 +276,6 @@ class RemoteFiles(RemoteProcesses):
         return resolved if isinstance(resolved, str) else resolved.decode()
 
     async def file_size(self, path: str) -> int | None:
-        """Size in bytes, or ``None`` if there is no such file."""
         attrs = await self._stat(self._resolve(path))
         return None if attrs is None else int(attrs.size or 0)
 

@@ -8,7 +8,6 @@ import io
 import os
 import posixpath
 import re
-from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -97,7 +96,6 @@ class Transfers(HostCore):
     """Uploads, downloads, globbing and tailing, on top of ``HostCore``'s primitives."""
 
     async def write_text(self, relpath: str, content: str) -> None:
-        """Write UTF-8 ``content`` to ``workdir/relpath``, creating parent folders."""
         if not relpath or relpath.startswith("/"):
             raise ValueError(f"write_text needs a path relative to the workdir, got {relpath!r}")
         normalized = posixpath.normpath(relpath)
@@ -114,16 +112,6 @@ class Transfers(HostCore):
         skip_if_unchanged: bool = False,
         progress_cb: ProgressCallback | None = None,
     ) -> bool:
-        """Upload ``source`` to ``absolute_target`` atomically (temporary name, then rename).
-
-        With ``expected_sha256`` the written bytes are verified and a mismatch
-        raises ``ValueError`` leaving no target. With ``skip_if_unchanged`` a
-        target whose SHA-256 already matches is left alone and
-        ``progress_cb(None, "already up to date")`` is called.
-
-        Returns ``True`` when the target was written, ``False`` when it was left
-        alone because it was already up to date (0.1.2 returned ``None``).
-        """
         target = self._resolve(absolute_target, what="upload target")
         src = _source(source)
         expected = normalize_sha256(expected_sha256) if expected_sha256 is not None else None
@@ -171,7 +159,6 @@ class Transfers(HostCore):
     async def fetch_bytes_from_host(
         self, absolute_path: str, *, progress_cb: ProgressCallback | None = None
     ) -> bytes:
-        """The whole contents of a file on the host; ``FileNotFoundError`` if missing."""
         path = self._resolve(absolute_path)
         size, raw = await self._read_file(path)
         chunks = sized_chunks(raw, size, path)
@@ -198,7 +185,6 @@ class Transfers(HostCore):
         *,
         progress_cb: ProgressCallback | None = None,
     ) -> None:
-        """Stream a host file into a local file (atomically: temporary name, then rename)."""
         path = self._resolve(absolute_path)
         size, raw = await self._read_file(path)
         chunks = sized_chunks(raw, size, path)
@@ -210,11 +196,6 @@ class Transfers(HostCore):
             await aclose_iterator(chunks)
 
     async def glob(self, pattern: str) -> list[str]:
-        """Sorted absolute paths matching ``pattern`` (absolute, or relative to the workdir).
-
-        ``*``, ``?`` and ``[...]`` match within one path segment; a leading dot
-        must be matched explicitly, as in the shell. ``**`` is not recursive.
-        """
         if not pattern:
             raise ValueError("glob pattern must not be empty")
         root = "/" if pattern.startswith("/") else self.workdir
@@ -253,20 +234,8 @@ class Transfers(HostCore):
 
     # ---------------------------------------------------------------- following files
 
-    @abstractmethod
-    def tail_bytes(self, absolute_path: str, *, offset: int = 0) -> AsyncIterator[bytes]:
-        """Bytes of a file from ``offset`` on, then as they are appended, until disconnect.
-
-        Waits for a file that does not exist yet. Starts over from the
-        beginning if the file is truncated or replaced (like ``tail -F``).
-        """
-
     async def tail_file(self, absolute_path: str) -> AsyncIterator[str]:
-        """Every line of the file from the first, then new lines as they come, without newlines.
-
-        Works for a file created after the call and for lines of any length.
-        Ends when the host disconnects.
-        """
+        # Lines over the backend's tail_bytes, so both hosts split them the same way.
         chunks = self.tail_bytes(self._resolve(absolute_path))
         try:
             async for line in iter_lines(chunks):

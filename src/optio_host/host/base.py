@@ -39,7 +39,10 @@ __all__ = [
 
 class BaseHost(Transfers):
     """Everything both hosts share: ``HostCore`` (identity, lifecycle, primitives), ``Transfers``
-    (files), and here the ways to run a command to completion."""
+    (files), and here the ways to run a command to completion.
+
+    The ``Host`` members are documented on ``Host``; listed here is only what both hosts add.
+    """
 
     async def run(
         self,
@@ -54,17 +57,7 @@ class BaseHost(Transfers):
         on_stderr: Callable[[bytes], object] | None = None,
         env_remove: Sequence[str] | None = None,
     ) -> RunResult:
-        """Run ``cmd`` to completion and return its decoded output and exit code.
-
-        ``cmd`` is an argv sequence (no shell) or a shell string; ``env`` and
-        ``env_remove`` act as in ``launch_subprocess``. ``input`` (``str``,
-        ``bytes``, or an async iterator of bytes, streamed) is fed to stdin.
-        After ``timeout`` seconds the whole process tree is killed and
-        ``CommandTimeout`` raised. ``check=True`` raises ``HostCommandError``
-        on a non-zero exit. ``on_stdout``/``on_stderr`` stream that output as
-        it comes (each chunk of bytes is passed to the callable, and the
-        result's field stays empty) instead of collecting it.
-        """
+        # A thin layer over the one way a host starts a process: launch, drain, wait.
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         data: bytes | AsyncIterator[bytes] | None = input.encode() if isinstance(input, str) else input
@@ -107,7 +100,6 @@ class BaseHost(Transfers):
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> RunResult:
-        """Run a shell command string; never raises for a non-zero exit."""
         return await self.run(command, cwd=cwd, env=env)
 
     async def launch_detached(
@@ -118,7 +110,6 @@ class BaseHost(Transfers):
         cwd: str | None = None,
         name: str | None = None,
     ) -> DetachedProcess:
-        """Start ``command`` so that it survives a lost connection (see ``optio_host.detached``)."""
         return await launch_detached(self, command, env=env, cwd=cwd, name=name)
 
 

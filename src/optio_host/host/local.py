@@ -101,12 +101,10 @@ class LocalHost(BaseHost):
         return await asyncio.to_thread(tempfile.mkdtemp, prefix="optio-host-")
 
     async def setup_workdir(self) -> None:
-        """Create taskdir and workdir (mode 0700) if missing; never deletes anything."""
         os.makedirs(self.taskdir, mode=0o700, exist_ok=True)
         os.makedirs(self.workdir, mode=0o700, exist_ok=True)
 
     async def cleanup_taskdir(self, aggressive: bool = False) -> None:
-        """Remove the whole taskdir (``aggressive``: also read-only parts, ignoring errors)."""
         taskdir = self.taskdir
         if aggressive:
             await asyncio.to_thread(rmtree_forcibly, taskdir)
@@ -117,7 +115,7 @@ class LocalHost(BaseHost):
                 pass
 
     async def establish_tunnel(self, remote_port: int, *, bind_addr: str = "127.0.0.1") -> int:
-        """On this machine the port is already reachable: returns ``remote_port``."""
+        # On this machine the port is already reachable: nothing to forward.
         if not isinstance(remote_port, int) or not 0 < remote_port < 65536:
             raise ValueError(f"remote_port must be 1-65535, got {remote_port!r}")
         return remote_port
@@ -212,7 +210,6 @@ class LocalHost(BaseHost):
     # ---------------------------------------------------------------- files
 
     async def remove_file(self, path: str) -> None:
-        """Delete a file; a missing file is not an error."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._resolve(path))
 
@@ -260,18 +257,15 @@ class LocalHost(BaseHost):
         return os.path.lexists(path)
 
     async def realpath(self, path: str) -> str:
-        """The path with every symlink resolved; ``FileNotFoundError`` if it does not exist."""
         return os.path.realpath(self._resolve(path), strict=True)
 
     async def file_size(self, path: str) -> int | None:
-        """Size in bytes, or ``None`` if there is no such file."""
         try:
             return os.stat(self._resolve(path)).st_size
         except FileNotFoundError:
             return None
 
     def archive_workdir(self, exclude: Sequence[str] | None = None) -> AsyncIterator[bytes]:
-        """A gzip'd tar stream of the workdir's contents (see ``optio_host.archive``)."""
         return yield_workdir_archive(self.workdir, exclude)
 
     async def restore_workdir(
@@ -281,18 +275,13 @@ class LocalHost(BaseHost):
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_members: int = DEFAULT_MAX_MEMBERS,
     ) -> None:
-        """Replace the workdir with an archive; unsafe, broken or too large archives raise ``ValueError``."""
         await consume_workdir_archive(stream, self.workdir, max_bytes=max_bytes, max_members=max_members)
 
     # ---------------------------------------------------------------- tailing
 
     async def tail_bytes(self, absolute_path: str, *, offset: int = 0) -> AsyncIterator[bytes]:
-        """Follow a regular file by name (see ``Host.tail_bytes``); ``OSError`` for anything else.
-
-        A symlink, FIFO, device or folder at the path is refused (``_tailing``), also
-        when it replaces the file later. Reads run in a thread and each one yields to
-        the loop, so neither a slow disk nor an endless writer stalls the process.
-        """
+        # The refusal of anything but a regular file is _tailing's rule. Reads run in a thread and
+        # each one yields to the loop, so neither a slow disk nor an endless writer stalls the process.
         path = self._resolve(absolute_path)
         if offset < 0:
             raise ValueError(f"offset must not be negative, got {offset}")

@@ -33,13 +33,14 @@ class RemoteHost(RemoteFiles):
 
     One pool of SSH connections (normally one) carries commands, SFTP and
     port forwards. Without a ``taskdir`` a private one is made on the host at
-    ``connect()`` and removed at ``disconnect()``.
+    ``connect()`` and removed at ``disconnect()``. Its ``Host`` methods are
+    documented on ``Host``; what it adds is the SSH connection and its channels.
     """
 
     # ---------------------------------------------------------------- archives
 
     def archive_workdir(self, exclude: Sequence[str] | None = None) -> AsyncIterator[bytes]:
-        """A gzip'd tar stream of the workdir's contents, made by the host's own tar."""
+        # The ARCHIVE script runs on the host; its output streams back (_remote_archive).
         return _remote_archive.archive_workdir(self, exclude)
 
     async def restore_workdir(
@@ -49,17 +50,15 @@ class RemoteHost(RemoteFiles):
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_members: int = DEFAULT_MAX_MEMBERS,
     ) -> None:
-        """Replace the workdir with an archive; unsafe, broken or too large archives raise ``ValueError``.
-
-        See ``optio_host.archive``: checked here, unpacked by the host's tar in a
-        staging folder, verified, then swapped in whole.
-        """
+        # Checked here as it streams past, unpacked by the host's tar into a staging folder,
+        # verified, then swapped in whole (_remote_archive).
         await _remote_archive.restore_workdir(self, stream, max_bytes=max_bytes, max_members=max_members)
 
     # ---------------------------------------------------------------- tailing
 
     async def tail_bytes(self, absolute_path: str, *, offset: int = 0) -> AsyncIterator[bytes]:
-        """Follow a regular file by name (``scripts.TAIL``); ``OSError`` for anything else there."""
+        # Followed by scripts.TAIL on the host, which reports a path it refuses (_tailing's rule)
+        # on stderr as "optio-untailable:<kind>".
         path = self._resolve(absolute_path)
         if offset < 0:
             raise ValueError(f"offset must not be negative, got {offset}")
