@@ -173,7 +173,7 @@ async def test_run_ends_children_an_exited_shell_left_holding_its_output(host: H
         with pytest.raises(asyncio.CancelledError):
             await task
     async with asyncio.timeout(10):  # SIGKILL was sent before run() returned; the exit is quick
-        while await _still_running(host, child):
+        while await _still_running(host, child):  # noqa: ASYNC110 - no event for "a process died"
             await asyncio.sleep(0.05)
 
 

@@ -156,7 +156,8 @@ class Host(Protocol):
         """End the process and every process it started, and close its pipes or channel.
 
         ``aggressive=False``: SIGTERM, up to 5 s grace, then SIGKILL. ``True``: SIGKILL at
-        once, without waiting long. A process that already ended is left alone.
+        once, without waiting long. A process that already ended is left alone, but not
+        children it started in the background that still hold its output: those are killed.
         """
 
     async def launch_detached(
