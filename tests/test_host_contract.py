@@ -391,6 +391,14 @@ async def test_hostile_file_names_round_trip(host: Host) -> None:
     assert await host.glob("*") == []
 
 
+async def test_file_sha256_takes_workdir_relative_paths_like_every_method(host: Host) -> None:
+    await host.write_text("sub/h.txt", "hash me")
+    digest = sha256(b"hash me")
+    assert await host.file_sha256("sub/h.txt") == digest
+    assert await host.file_sha256(host.workdir + "/sub/h.txt") == digest
+    assert await host.file_sha256("sub/missing.txt") is None
+
+
 async def test_realpath_and_file_size(host: Host) -> None:
     await host.write_text("real/file.txt", "12345")
     await host.run(["ln", "-s", "real", "link"])

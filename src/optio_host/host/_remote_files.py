@@ -238,6 +238,7 @@ class RemoteFiles(RemoteProcesses):
         return int(header), ReleasingIterator(chunks(), release)
 
     async def file_sha256(self, path: str) -> str | None:
+        path = self._resolve(path)
         result = await self.run(script_argv(scripts.SHA256, path), cwd="/")
         if result.exit_code == 3:
             return None

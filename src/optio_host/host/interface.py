@@ -281,7 +281,7 @@ class Host(Protocol):
         """Size in bytes (links followed), or ``None`` if there is no such file."""
 
     async def file_sha256(self, path: str) -> str | None:
-        """Hex SHA-256 (lower case) of the file at the absolute ``path``, computed on the host.
+        """Hex SHA-256 (lower case) of the file at ``path`` (relative: to the workdir), computed on the host.
 
         ``None`` if there is no such file, or it is a folder.
         """

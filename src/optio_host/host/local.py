@@ -242,7 +242,7 @@ class LocalHost(BaseHost):
 
     async def file_sha256(self, path: str) -> str | None:
         try:
-            return await local_file_sha256(path)
+            return await local_file_sha256(self._resolve(path))
         except (FileNotFoundError, IsADirectoryError):
             return None
 
