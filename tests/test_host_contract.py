@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -279,6 +280,20 @@ async def test_put_of_many_segments_is_complete_and_keeps_the_mode(
     assert stat.stdout.strip() == f"{mode:o}"
     listing = await host.run(["ls", "-A", host.workdir + "/big"])
     assert listing.stdout.split() == ["big.bin", "big.bin.2"]
+
+
+async def test_a_put_cancelled_at_any_moment_leaves_no_temporary_file(host: Host) -> None:
+    # Cancelled while its command was being started, a put left the host's temporary file.
+    folder = host.workdir + "/c"
+    data = os.urandom(5 * 1024 * 1024)
+    for step in range(25):
+        task = asyncio.ensure_future(host.put_file_to_host(data, folder + "/t.bin"))
+        await asyncio.sleep(0.002 * step)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    listing = await host.run(["ls", "-A", folder])
+    assert [name for name in listing.stdout.split() if name != "t.bin"] == []
 
 
 async def test_put_reports_progress_up_to_100(host: Host) -> None:

@@ -82,16 +82,17 @@ class RemoteFiles(RemoteProcesses):
         # Owner-writable while being written (the lanes open it again); the exact mode at the end.
         writable = None if mode is None else mode | 0o200
         args = [posixpath.dirname(target) or "/", temp, "" if writable is None else f"{writable:o}"]
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        handle = await self.launch_subprocess(
-            script_argv(scripts.PUT, *args), cwd="/", merge_stderr=True, stdin=True
-        )
-        # A launch takes about three round trips: a slow one means a long link, where one channel
-        # carries a window per round trip at most (``_striped``). Then PUT only creates the file.
-        striped = more is not None and loop.time() - started >= SLOW_LAUNCH
+        handle: ProcessHandle | None = None
         committed = False
         try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            handle = await self.launch_subprocess(
+                script_argv(scripts.PUT, *args), cwd="/", merge_stderr=True, stdin=True
+            )
+            # A launch takes about three round trips: a slow one means a long link, where one
+            # channel carries a window per round trip at most (``_striped``); PUT only creates.
+            striped = more is not None and loop.time() - started >= SLOW_LAUNCH
 
             async def feed(stdin: RemoteStdin) -> None:
                 if not striped:
@@ -174,8 +175,10 @@ class RemoteFiles(RemoteProcesses):
             reader.cancel()
         return await handle.wait(), output.decode(errors="replace").strip()
 
-    async def _discard(self, handle: ProcessHandle, temp: str) -> None:
-        await handle.kill()
+    async def _discard(self, handle: ProcessHandle | None, temp: str) -> None:
+        # (A launch cancelled or failed midway has already ended what it started: None here.)
+        if handle is not None:
+            await handle.kill()
         self._orphans.add(temp)
         if self._is_open():  # else once reconnected (_clean_up): waiting here would delay the error
             with contextlib.suppress(Exception):
