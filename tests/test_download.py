@@ -24,6 +24,7 @@ import pytest
 
 import optio_host
 from optio_host import DownloadFailed, HookContext, Host, LocalHost, create_download_task
+from optio_host.cli._session import _CliContext
 from optio_host.download import STDERR_TAIL
 from optio_host.testing import RecordingContext
 
@@ -317,6 +318,19 @@ async def test_hook_context_download_file_runs_it_as_a_child(host: Host, http_se
     [child] = ctx.children
     assert (child.process_id, child.name) == ("job.download-0", "download file.bin")
     assert_progress_rules(ctx.child_contexts[0], "file.bin")
+
+
+@pytest.mark.timeout(30)
+async def test_hook_context_download_file_works_under_the_cli_context(
+    local_host: Host, http_server: _Server
+) -> None:
+    # The CLI's context runs the child inline too; the display hears its messages, not its percents.
+    heard: list[tuple[float | None, str | None]] = []
+    ctx = _CliContext(lambda percent, message: heard.append((percent, message)))
+    await HookContext(ctx, local_host).download_file(http_server.url(f"/sized/{SMALL}"), "cli/file.bin")
+    assert await local_host.fetch_bytes_from_host(local_host.workdir + "/cli/file.bin") == body_of(SMALL)
+    assert heard == [(None, "Downloading file.bin")]
+    assert ctx._child_counter == {"next": 1}
 
 
 # ------------------------------------------------------------------ failures

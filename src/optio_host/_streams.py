@@ -9,6 +9,7 @@ promptly when the async side goes away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import os
@@ -96,56 +97,57 @@ async def iter_from_thread(
     At most ``max_pending`` chunks wait between the thread and the consumer.
     When the consumer stops early, ``emit`` raises ``StreamClosed`` in the thread.
     """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    slots = threading.Semaphore(max_pending)
-    stopped = threading.Event()
-
-    def post(kind: str, value: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
-        except RuntimeError as exc:  # loop closed under us
-            raise StreamClosed from exc
-
-    def emit(data: bytes) -> None:
-        if not data:
-            return
-        slots.acquire()
-        if stopped.is_set():
-            raise StreamClosed
-        post("data", bytes(data))
-
-    def body() -> None:
-        try:
-            produce(emit)
-        except StreamClosed:
-            return  # the consumer went away; nobody reads further
-        except BaseException as exc:
-            try:
-                post("error", exc)
-            except StreamClosed:
-                pass
-            return
-        try:
-            post("end", None)
-        except StreamClosed:
-            pass
-
-    thread = threading.Thread(target=body, name="optio-host-producer", daemon=True)
-    thread.start()
+    feed = _ThreadFeed(asyncio.get_running_loop(), max_pending)
+    threading.Thread(target=feed.run, args=(produce,), name="optio-host-producer", daemon=True).start()
     try:
         while True:
-            kind, value = await queue.get()
+            kind, value = await feed.queue.get()
             if kind == "data":
-                slots.release()
+                feed.slots.release()
                 yield value
             elif kind == "error":
                 raise value
             else:
                 return
     finally:
-        stopped.set()
-        slots.release()
+        feed.stopped.set()
+        feed.slots.release()
+
+
+class _ThreadFeed:
+    """The thread's side of ``iter_from_thread``: ``emit`` waits for a free slot, then posts."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_pending: int) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.slots = threading.Semaphore(max_pending)
+        self.stopped = threading.Event()
+
+    def post(self, kind: str, value: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
+        except RuntimeError as exc:  # loop closed under us
+            raise StreamClosed from exc
+
+    def emit(self, data: bytes) -> None:
+        if not data:
+            return
+        self.slots.acquire()
+        if self.stopped.is_set():
+            raise StreamClosed
+        self.post("data", bytes(data))
+
+    def run(self, produce: Callable[[Callable[[bytes], None]], None]) -> None:
+        try:
+            produce(self.emit)
+        except StreamClosed:
+            return  # the consumer went away; nobody reads further
+        except BaseException as exc:
+            with contextlib.suppress(StreamClosed):
+                self.post("error", exc)
+            return
+        with contextlib.suppress(StreamClosed):
+            self.post("end", None)
 
 
 class BlockingReader(io.RawIOBase):

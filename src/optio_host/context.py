@@ -23,7 +23,7 @@ from optio_host.download import create_download_task
 from optio_host.errors import HostCommandError
 from optio_host.host.interface import FileSource, Host
 from optio_host.process import RunResult
-from optio_host.worker import path_inside
+from optio_host.worker import home_relative, path_inside, resolve_from
 
 __all__ = ["HookContext", "HookContextProtocol", "HostCommandError", "RunResult"]
 
@@ -284,9 +284,9 @@ class HookContext:
             raise ValueError(f"host path contains a NUL character: {path!r}")
         if path.startswith("/"):
             return path
-        if path == "~" or path.startswith("~/"):
-            home = await self._host.resolve_host_home()
-            return posixpath.normpath(posixpath.join(home, path[2:]))
+        home_rest = home_relative(path)
+        if home_rest is not None:
+            return resolve_from(await self._host.resolve_host_home(), home_rest)
         if path.startswith("~"):
             # Another user's home (``~bob/x``) is not supported; a folder named "~bob" in the
             # workdir is almost never what was meant.
@@ -294,7 +294,7 @@ class HookContext:
         if ".." in path.split("/"):
             raise ValueError(f"workdir-relative path may not contain '..': {path!r}")
         workdir = posixpath.normpath(self._host.workdir)
-        absolute = posixpath.normpath(posixpath.join(workdir, path))
+        absolute = resolve_from(workdir, path)
         if absolute == workdir or not path_inside(absolute, workdir):
             raise ValueError(f"workdir-relative path escapes workdir: {path!r} (workdir: {workdir})")
         return absolute

@@ -40,6 +40,7 @@ from optio_host.host.local import LocalHost
 from optio_host.paths import temp_name_for
 from optio_host.process import ProcessHandle, RunResult, owned_by
 from optio_host.quoting import join, script_argv
+from optio_host.worker import path_inside
 
 if TYPE_CHECKING:
     from optio_core.models import TaskInstance
@@ -252,13 +253,15 @@ class _Download:
         """``[ROOT, N, PART...]``: the target's folder as ``_ENTER`` walks it.
 
         A target inside the host's workdir is walked from the workdir, which bounds it; any other
-        from ``/`` (no bound: the caller chose that path).
+        from ``/`` (no bound: the caller chose that path). "Inside" is decided lexically here, by
+        the package's one rule (``worker.path_inside``); ``_ENTER`` then checks every step again
+        on the host, where links are resolved.
         """
         workdir = _workdir_of(self.host) if self.host is not None else None
         folder = posixpath.dirname(posixpath.normpath(self.target))
         root = "/"
-        if workdir is not None and (folder == workdir or folder.startswith(workdir.rstrip("/") + "/")):
-            root = workdir
+        if workdir is not None and path_inside(folder, workdir):
+            root = posixpath.normpath(workdir)
         parts = [part for part in folder[len(root) :].split("/") if part]
         return [root, str(len(parts)), *parts]
 

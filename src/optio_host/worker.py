@@ -80,8 +80,10 @@ __all__ = [
     "done",
     "error",
     "find_log",
+    "home_relative",
     "main",
     "path_inside",
+    "resolve_from",
     "resolve_inside",
     "status",
     "temp_name_for",
@@ -124,17 +126,32 @@ def path_inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def resolve_inside(root: str, path: str) -> str:
-    """``path`` (relative to ``root``, or absolute) as a normalised absolute path; ``ValueError``
-    when it is empty, holds a NUL, or leaves ``root``."""
+def resolve_from(root: str, path: str) -> str:
+    """``path`` (relative to ``root``, or absolute) as a normalised absolute path, wherever it
+    leads; ``ValueError`` when it is empty or holds a NUL. ``resolve_inside`` is this plus the
+    bound; the CLI uses it as is (like ssh and scp, it lets a path climb out of the home)."""
     if not root.startswith("/"):
         raise ValueError(f"the folder must be an absolute path, got {root!r}")
     if not path or "\0" in path:
         raise ValueError(f"path is empty or contains a NUL character: {path!r}")
-    resolved = posixpath.normpath(posixpath.join(root, path))
+    return posixpath.normpath(posixpath.join(root, path))
+
+
+def resolve_inside(root: str, path: str) -> str:
+    """``path`` (relative to ``root``, or absolute) as a normalised absolute path; ``ValueError``
+    when it is empty, holds a NUL, or leaves ``root``."""
+    resolved = resolve_from(root, path)
     if not path_inside(resolved, root):
         raise ValueError(f"path {path!r} leads outside {posixpath.normpath(root)}")
     return resolved
+
+
+def home_relative(path: str) -> str | None:
+    """For ``~`` or ``~/...``, the rest relative to the home folder (``.`` for the home itself, as
+    a shell reads ``~//x``: ``x``); ``None`` for any other path (``~user`` included)."""
+    if path != "~" and not path.startswith("~/"):
+        return None
+    return path[1:].lstrip("/") or "."
 
 
 def find_log() -> str:

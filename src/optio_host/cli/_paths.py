@@ -5,15 +5,17 @@ relative to the login's home folder, and ``run`` without ``--cwd`` runs there to
 On this machine, a relative path is relative to the current folder, and ``run``
 runs there. ``~`` and ``~/...`` name the home folder on both. (``session`` runs its
 worker in a fresh workdir of its own: that is where its ``optio.log`` lives; the
-files it needs go there with ``--upload``.)
+files it needs go there with ``--upload``.) The resolution itself is the package's one
+rule, ``optio_host.worker.resolve_from`` (``resolve_inside`` without the bound: like
+scp, a path may climb out of the home).
 """
 
 from __future__ import annotations
 
 import os
-import posixpath
 
 from optio_host.host.interface import Host
+from optio_host.worker import home_relative, resolve_from
 
 __all__ = ["host_path"]
 
@@ -23,12 +25,9 @@ async def host_path(host: Host, path: str, *, local: bool) -> str:
     if not path:
         raise ValueError("a path must not be empty")
     if local:
-        return os.path.abspath(os.path.expanduser(path))
+        return resolve_from(os.getcwd(), os.path.expanduser(path))
     if path.startswith("/"):
-        return posixpath.normpath(path)
+        return resolve_from("/", path)
     home = await host.resolve_host_home()
-    if path == "~":
-        return home
-    if path.startswith("~/"):
-        path = path[2:]
-    return posixpath.normpath(posixpath.join(home, path))
+    home_rest = home_relative(path)
+    return resolve_from(home, home_rest if home_rest is not None else path)

@@ -13,7 +13,9 @@ from importlib import resources
 from typing import Any
 
 import click
+from bson import ObjectId
 
+from optio_host._process_context import StandInContext
 from optio_host.cli._display import SessionView
 from optio_host.cli._runner import CliError, Interrupt, run_async
 from optio_host.cli._target import describe_target, env_option, host_options
@@ -29,12 +31,14 @@ from optio_host.protocol.deliverable import local_target
 from optio_host.protocol.parser import LOG_NAME
 from optio_host.protocol.session import EndedWithoutDone, WorkerReportedError
 from optio_host.types import SSHConfig
-from optio_host.worker import LOG_ENV
+from optio_host.worker import LOG_ENV, path_inside
 
 __all__ = ["demo", "session"]
 
 DEMO_WORKER = "demo_worker.sh"
 DEMO_CHART = "_demo_chart.py"
+#: The ``process_id`` of a session's context (a child task's id starts with it).
+CLI_PROCESS_ID = "optio-host-cli"
 
 
 #: Exit code when the worker finished (DONE) but a deliverable was skipped (none could be saved).
@@ -130,23 +134,37 @@ class _Options:
     keep: bool
 
 
-class _CliContext:
-    """The ``ProcessContext`` stand-in a session reports to: progress goes straight to the display."""
+class _CliContext(StandInContext):
+    """The ``ProcessContext`` a session reports to: progress straight to the display, nothing kept.
+
+    A child task (``hook_ctx.download_file``, ``run_child_task``) runs inline, as
+    under optio-core; its messages are shown, its percents are not (the bar is
+    the worker's). The CLI has no blob store: ``load_blob`` raises
+    ``FileNotFoundError`` saying so and what to do instead.
+    """
 
     def __init__(self, on_progress: Callable[[float | None, str | None], None]) -> None:
-        self.process_id = "optio-host-cli"
-        self.params: dict[str, Any] = {}
-        self.metadata: dict[str, Any] = {}
-        self.cancellation_flag = asyncio.Event()
-        self._on_progress = on_progress
+        super().__init__(CLI_PROCESS_ID, on_progress=on_progress)
 
-    def report_progress(self, percent: float | None, message: str | None = None, **_: Any) -> None:
+    def report_progress(self, percent: float | None, message: str | None = None, **kwargs: Any) -> None:
         if message is not None and message.startswith("Deliverable "):
             message = _plain_exception(message)  # shown to a person: the message, not the repr
-        self._on_progress(percent, message)
+        super().report_progress(percent, message, **kwargs)
 
-    def should_continue(self) -> bool:
-        return not self.cancellation_flag.is_set()
+    def _new_child(self, process_id: str, params: dict[str, Any]) -> StandInContext:
+        show = self._on_progress
+
+        def messages_only(percent: float | None, message: str | None) -> None:
+            if message is not None and show is not None:
+                show(None, message)
+
+        return StandInContext(process_id, params, self.metadata, on_progress=messages_only)
+
+    def _no_blob(self, file_id: ObjectId) -> str:
+        return (
+            f"blob {file_id}: the optio-host CLI has no blob store (blobs live in optio-core's "
+            "database); pass the file's path instead, or run the task under optio-core"
+        )
 
 
 class _Worker:
@@ -300,9 +318,9 @@ async def _session(
 
 
 def shown_path(path: str) -> str:
-    """``path`` relative to the current folder, or absolute if that would climb out of it."""
-    relative = os.path.relpath(path)
-    return path if relative == os.pardir or relative.startswith(os.pardir + os.sep) else relative
+    """``path`` relative to the current folder when it lies inside it, else as given (absolute)."""
+    absolute = os.path.abspath(path)
+    return os.path.relpath(absolute) if path_inside(absolute, os.getcwd()) else path
 
 
 #: ``Name(args)`` at the end of a reason: an exception's repr, as the session reports it.

@@ -170,7 +170,7 @@ async def _fetch_whole(host: Any, path: str, folder: str) -> tuple[int, AsyncIte
     """For a host with only the 0.1.2 methods: check with ``realpath`` if it has one, then fetch."""
     if hasattr(host, "realpath"):
         real = posixpath.normpath(await host.realpath(path))
-        if not real.startswith(folder.rstrip("/") + "/"):
+        if real == posixpath.normpath(folder) or not path_inside(real, folder):
             raise PermissionError(f"{path} resolves to {real}, outside {folder}/; refused")
     data = await host.fetch_bytes_from_host(path)  # one positional argument, as 0.1.2 fakes expect
 

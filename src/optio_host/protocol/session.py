@@ -121,42 +121,22 @@ async def run_log_protocol_session(
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     max_line_bytes: int = DEFAULT_LINE_LIMIT,
 ) -> None:
-    """Run ``body`` on ``host`` while following its ``optio.log``; see the module docstring.
+    """Run ``body(host, hook_ctx)`` while following ``<workdir>/optio.log``; return on ``DONE``.
 
-    Prepares the workdir (``deliverables/`` and an empty ``optio.log``), runs
-    ``before_execute``, then the session. Returns on ``DONE`` (after every
-    queued deliverable was handled) or when ``ctx.should_continue()`` turns
-    false. Raises ``SessionFailed`` on an ``ERROR`` line, when ``body``
-    returns before ``DONE``, or when the log tail ends early; an exception
-    from ``body`` propagates as is. ``after_execute`` always runs last; its
-    own failure is raised only if the session had not failed already (else it
-    is reported as progress and the first error kept).
-
-    Deliverables go to ``on_deliverable(hook_ctx, relative_path, text)`` (UTF-8
-    text) or ``on_deliverable_file(hook_ctx, deliverable)`` (a ``Deliverable``:
-    any bytes, streamed); passing both is a ``ValueError``. With neither they
-    are announced but not fetched. ``on_deliverable_skipped(path, message)`` is
-    told of every deliverable that was not handed over, and why.
-
-    After ``DONE`` the body task is cancelled, and with it whatever it awaits:
-    a worker run with ``await host.run(...)`` is killed then, process tree and
-    all. A worker that must keep running after ``DONE`` is started with
-    ``host.launch_subprocess(...)`` (not awaited to its end in the body) or
-    ``host.launch_detached(...)``; its starter then waits for it or ends it.
-    The workdir is left in place.
-
-    ``host`` may be any object with the 0.1.2 ``Host`` methods; richer ones
-    (``tail_bytes``, ``open_regular_file``, ``realpath``, ``file_size``) are
-    used when present. On such a host a lost connection does not end the
-    session: the tail resumes at the byte where it stopped (no line is
-    dispatched twice or skipped) and fetches are retried, for up to
-    ``reconnect_timeout`` seconds without a connection; past that the
-    session fails with ``SessionFailed``. For the worker itself to survive,
-    start it with ``host.launch_detached`` and wait with its ``wait()``.
-
-    A log line longer than ``max_line_bytes`` is cut there (the cut is reported),
-    so memory stays bounded whatever the worker writes. A log that is replaced
-    by a symlink, FIFO or other non-regular file fails the session.
+    Prepares the workdir (``deliverables/``, an empty ``optio.log``), awaits
+    ``before_execute(hook_ctx)``, then runs the session; it returns once every
+    deliverable queued before ``DONE`` was handled (the body is then cancelled)
+    or when ``ctx.should_continue()`` turns false. ``SessionFailed``: an
+    ``ERROR`` line, ``body`` returning before ``DONE``, the log ending early or
+    replaced by a non-regular file, or no connection for ``reconnect_timeout``
+    seconds; ``body``'s own exception propagates as is. ``after_execute(hook_ctx)``
+    always runs last; its failure is raised only if the session had not failed.
+    Deliverables go to ``on_deliverable(hook_ctx, relative_path, text)`` (UTF-8)
+    or ``on_deliverable_file(hook_ctx, deliverable)`` (any bytes; both: ``ValueError``;
+    neither: announced, not fetched); ``on_deliverable_skipped(path, message)``
+    hears of each one not handed over. A log line over ``max_line_bytes`` is cut.
+    The details (cancellation at ``DONE``, reconnects, plain hosts) are in the
+    docs, "The protocol", section "The session driver".
     """
     if on_deliverable is not None and on_deliverable_file is not None:
         raise ValueError("pass on_deliverable (text) or on_deliverable_file (files), not both")
