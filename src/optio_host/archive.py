@@ -30,6 +30,7 @@ from optio_host._localfs import rmtree_forcibly
 from optio_host._streams import CHUNK_SIZE, BlockingReader, StreamClosed, iter_from_thread, run_in_thread
 from optio_host._targuard import Gunzip, TarChecker
 from optio_host.paths import temp_name_for
+from optio_host.worker import path_inside
 
 __all__ = [
     "DEFAULT_WORKDIR_EXCLUDES",
@@ -256,7 +257,7 @@ def _check_links(staging: str) -> None:
             if not os.path.islink(path):
                 continue
             resolved = os.path.realpath(path)
-            if resolved != root and not resolved.startswith(root + os.sep):
+            if not path_inside(resolved, root):
                 name = os.path.relpath(path, root)
                 raise ValueError(f"refused archive: symbolic link {name!r} leads outside the destination")
 

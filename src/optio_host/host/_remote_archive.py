@@ -28,6 +28,7 @@ from optio_host.host._striped import SEGMENT, SLOW_LAUNCH, chain_head, take_head
 from optio_host.paths import temp_name_for
 from optio_host.process import ProcessHandle
 from optio_host.quoting import script_argv
+from optio_host.worker import path_inside
 
 if TYPE_CHECKING:
     from optio_host.host.remote import RemoteHost
@@ -89,7 +90,7 @@ async def restore_workdir(
             await host.run(FIX_MODES, cwd=staging, check=True)
         outside = (await host._sh(scripts.LINKS_OUT, staging)).strip()
         if outside:
-            name = posixpath.relpath(outside, staging) if outside.startswith(staging) else outside
+            name = posixpath.relpath(outside, staging) if path_inside(outside, staging) else outside
             raise ValueError(f"refused archive: symbolic link {name!r} leads outside the destination")
         commit = asyncio.ensure_future(host._sh(scripts.RESTORE_COMMIT, staging, workdir, aside))
         try:

@@ -25,6 +25,7 @@ from optio_host._streams import (
 )
 from optio_host.host._core import HostCore
 from optio_host.host.interface import FileSource
+from optio_host.worker import path_inside
 
 __all__ = ["ReleasingIterator", "Transfers", "checksum_mismatch", "normalize_sha256", "sized_chunks"]
 
@@ -98,10 +99,10 @@ class Transfers(HostCore):
     async def write_text(self, relpath: str, content: str) -> None:
         if not relpath or relpath.startswith("/"):
             raise ValueError(f"write_text needs a path relative to the workdir, got {relpath!r}")
-        normalized = posixpath.normpath(relpath)
-        if normalized == ".." or normalized.startswith("../"):
+        target = posixpath.normpath(posixpath.join(self.workdir, relpath))
+        if not path_inside(target, self.workdir):
             raise ValueError(f"write_text path {relpath!r} leaves the workdir")
-        await self.put_file_to_host(content.encode("utf-8"), self._resolve(normalized))
+        await self.put_file_to_host(content.encode("utf-8"), target)
 
     async def put_file_to_host(
         self,

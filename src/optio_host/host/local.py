@@ -28,6 +28,7 @@ from optio_host.host._watch import POLL_INTERVAL, FileWatch, watch_file
 from optio_host.host.base import BaseHost, Command, ReleasingIterator
 from optio_host.process import KILL_REAP_WAIT, TERMINATE_GRACE, ProcessHandle, owned_by
 from optio_host.quoting import validate_argv, validate_env, validate_env_remove, without_env
+from optio_host.worker import path_inside
 
 __all__ = ["LocalHost"]
 
@@ -232,7 +233,7 @@ class LocalHost(BaseHost):
         try:
             # What was opened, not what the name leads to now: the link in /proc names the file.
             real = _opened_path(fd, path)
-            if not real.startswith(folder.rstrip("/") + "/"):
+            if not path_inside(real, folder):
                 raise PermissionError(f"{path} resolves to {real}, outside {folder}/; refused")
             size = os.fstat(fd).st_size
         except BaseException:
