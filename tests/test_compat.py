@@ -231,3 +231,26 @@ async def test_connection_before_connect(optio_sshd: SshServer) -> None:
     async with host:
         assert host._conn is host.connection
     assert host._conn is None
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://h/f.bin?token=abcdef&x=1", "https://h/f.bin?token=***&x=1"),
+        (
+            "https://s3/b/k?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=deadbeef&X-Amz-Date=20261130",
+            "https://s3/b/k?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Date=20261130",
+        ),
+        ("https://me:pw@h/f?api_key=zzzz#part", "https://***@h/f?api_key=***#part"),
+        ("http://h/f?keyboard=1&monkey=2&page=3", "http://h/f?keyboard=1&monkey=2&page=3"),
+    ],
+)
+def test_download_failed_hides_credentials_in_the_query_too(url: str, shown: str) -> None:
+    from optio_host import DownloadFailed
+
+    secret = url.split("=")[1].split("&")[0]
+    failed = DownloadFailed(url=url, target="/t/f.bin", exit_code=22, stderr_tail=f"curl: {url} failed")
+    text = str(failed)
+    assert text.startswith(f"download failed (exit 22): {shown} -> /t/f.bin\nstderr: curl: {shown} failed")
+    if shown != url:
+        assert secret not in text and secret not in repr(failed)

@@ -85,15 +85,30 @@ _STDERR_PREVIEW = 200
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?([^/?#]*)@")
 
 
+# A query parameter whose value is a credential: a token, a key, a signed URL's signature.
+_SECRET_PARAM = re.compile(
+    r"([?&;](?:[^=&;#]*[_.-])?(?:token|key|apikey|secret|password|passwd|pass|auth|sig|signature|"
+    r"credential|session)=)([^&;#]+)",
+    re.IGNORECASE,
+)
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any ``user:password@`` shown as ``***@``, for messages."""
-    return _USERINFO.sub(r"\1***@", url, count=1)
+    """``url`` with any ``user:password@`` shown as ``***@`` and the value of a query parameter
+    that carries a credential (``token=``, ``X-Amz-Signature=``, ``api_key=``...) as ``***``."""
+    return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub(r"\1***@", url, count=1))
 
 
 def redact_credentials(url: str, text: str) -> str:
     """``text`` (e.g. a tool's error output) with the credentials of ``url`` shown as ``***``."""
+    # (A value of a few characters would garble the text everywhere it recurs, and guards little.)
+    secrets = [match.group(2) for match in _SECRET_PARAM.finditer(url) if len(match.group(2)) >= 4]
     userinfo = _USERINFO.match(url)
-    return text.replace(userinfo.group(2), "***") if userinfo and userinfo.group(2) else text
+    if userinfo and userinfo.group(2):
+        secrets.append(userinfo.group(2))
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def format_command(command: str | Sequence[str]) -> str:
