@@ -419,6 +419,9 @@ class DelayRelay:
         self.listen = listen
         self.target = target
         self.delay = 0.0
+        #: Connections accepted at most (then closed at once, like a firewall's limit); None: any.
+        self.max_connections: int | None = None
+        self._accepted = 0
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -440,7 +443,16 @@ class DelayRelay:
         if self._server is not None:
             await self._server.wait_closed()
 
+    def drop_connections(self) -> None:
+        """Cut every relayed connection at once (like a link going down); keep listening."""
+        for writer in list(self._writers):
+            writer.transport.abort()
+
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._accepted += 1
+        if self.max_connections is not None and self._accepted > self.max_connections:
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)

@@ -273,3 +273,24 @@ def test_find_expression_selects_what_is_excluded_selects(
         check=True,
     ).stdout.split("\n")
     assert set(found) - {""} == expected
+
+
+@pytest.mark.parametrize(
+    ("tar_says", "kind"),
+    [
+        # What GNU tar printed when the red team's 20 MiB tmpfs filled up during a restore.
+        ("tar: blob.bin: Wrote only 4608 of 10240 bytes tar: Exiting with failure status", OSError),
+        ("tar: f: Cannot write: No space left on device", OSError),
+        ("tar: f: Cannot open: Disk quota exceeded", OSError),
+        ("tar: f: Cannot open: Read-only file system", OSError),
+        ("tar: Skipping to next header tar: Exiting with failure status", ValueError),
+    ],
+)
+def test_a_full_disk_is_an_os_error_not_a_refused_archive(tar_says: str, kind: type[Exception]) -> None:
+    from optio_host.archive import unpack_failure
+
+    failure = unpack_failure(f"tar refused the archive (exit 2): {tar_says}", "/w/.staging")
+    assert type(failure) is kind
+    assert tar_says in str(failure)
+    if kind is OSError:
+        assert "/w/.staging" in str(failure) and "disk is full" in str(failure)

@@ -10,18 +10,18 @@ import contextlib
 import hashlib
 import os
 import tarfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from optio_host import RemoteHost
-from optio_host.host._striped import LANES, SEGMENT, segments
+from optio_host import HostConnectionError, LocalHost, ProcessHandle, RemoteHost, RunResult
+from optio_host.host._striped import LANES, SEGMENT, StripedWriter, segments
 from optio_host.testing.sshd import SshServer
 
 from ._netns import DelayRelay
-from ._support import sha256
+from ._support import from_list, sha256
 from .test_archive_safety import BROKEN, add, assert_refused_changes_nothing, listing, prepare, tar_bytes
 
 pytestmark = pytest.mark.timeout(60)
@@ -40,11 +40,21 @@ async def test_segments_regroup_any_stream_into_exact_sizes(pieces: list[bytes],
 
 
 @pytest.fixture
-async def far_host(optio_sshd: SshServer, tmp_path: object) -> AsyncIterator[RemoteHost]:
-    """A RemoteHost 40 ms of round trip away: a relay on loopback holds each chunk 20 ms."""
+async def relay(optio_sshd: SshServer) -> AsyncIterator[DelayRelay]:
+    """A relay on loopback to the test sshd that holds each chunk 20 ms (40 ms of round trip)."""
     relay = DelayRelay("127.0.0.1", (optio_sshd.host, optio_sshd.port))
     relay.delay = 0.02
-    port = await relay.start()
+    await relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.close()
+
+
+@pytest.fixture
+async def far_host(optio_sshd: SshServer, relay: DelayRelay, tmp_path: object) -> AsyncIterator[RemoteHost]:
+    """A RemoteHost 40 ms of round trip away, through ``relay``."""
+    port = relay.port
     known_hosts = os.path.join(str(tmp_path), "known_hosts")
     key_type, key = optio_sshd.host_public_key().split()[:2]
     with open(known_hosts, "w") as handle:
@@ -59,7 +69,6 @@ async def far_host(optio_sshd: SshServer, tmp_path: object) -> AsyncIterator[Rem
         await host.cleanup_taskdir(aggressive=True)
     finally:
         await host.disconnect()
-        await relay.close()
 
 
 async def _until(condition: Callable[[], bool]) -> None:
@@ -229,3 +238,73 @@ async def test_a_cancelled_striped_restore_keeps_the_old_workdir(far_host: Remot
     left = await far_host.run(["ls", "-A", far_host.taskdir])
     assert left.stdout.split() == ["workdir"]
     assert await far_host.wait_channels_closed(5.0) == []
+
+
+async def test_a_restore_cut_off_mid_stripe_leaves_nothing_once_reconnected(
+    far_host: RemoteHost, relay: DelayRelay
+) -> None:
+    before, _ = await prepare(far_host)
+    pieces = _split(tar_bytes(lambda tar: _big(tar, os.urandom(3 * SEGMENT))))
+    halfway, dropped = asyncio.Event(), asyncio.Event()
+
+    async def source() -> AsyncIterator[bytes]:
+        for index, piece in enumerate(pieces):
+            if index == len(pieces) * 3 // 4:
+                halfway.set()
+                await dropped.wait()  # the link goes down meanwhile
+            yield piece
+
+    task = asyncio.ensure_future(far_host.restore_workdir(source()))
+    await halfway.wait()
+    await _until(lambda: len(far_host.open_channels()) >= LANES)  # striping is under way
+    relay.drop_connections()
+    dropped.set()
+    with pytest.raises(HostConnectionError):
+        await task
+    assert await listing(far_host) == before  # (this call reconnects)
+    # The staging folder and the staged archive go once the host answers again.
+    await _until_async(lambda: far_host.run(["ls", "-A", far_host.taskdir]), ["workdir"])
+
+
+async def _until_async(probe: Callable[[], Awaitable[RunResult]], wanted: list[str]) -> None:
+    async with asyncio.timeout(20):
+        while (await probe()).stdout.split() != wanted:  # noqa: ASYNC110 - the clean-up runs in the background
+            await asyncio.sleep(0.05)
+
+
+async def test_a_restore_whose_lanes_find_no_spare_slot_still_completes(
+    optio_sshd: SshServer, relay: DelayRelay, tmp_path: object
+) -> None:
+    # One connection allowed, one slot on it (max_sessions=2 keeps one for control): RESTORE and
+    # the lanes cannot all run at once. The lanes go first; RESTORE follows once they are done.
+    relay.max_connections = 1
+    known_hosts = os.path.join(str(tmp_path), "known_hosts")
+    key_type, key = optio_sshd.host_public_key().split()[:2]
+    with open(known_hosts, "w") as handle:
+        handle.write(f"[127.0.0.1]:{relay.port} {key_type} {key}\n")
+    config = optio_sshd.ssh_config(host="127.0.0.1", port=relay.port, known_hosts=known_hosts, max_sessions=2)
+    blob = os.urandom(2 * SEGMENT)
+    async with RemoteHost(config, f"{optio_sshd.scratch}/one-{os.urandom(4).hex()}") as host:
+        await host.setup_workdir()
+        await host.restore_workdir(from_list(_split(tar_bytes(lambda tar: _big(tar, blob)))))
+        assert await host.file_sha256("data/blob.bin") == hashlib.sha256(blob).hexdigest()
+        await host.cleanup_taskdir(aggressive=True)
+
+
+async def test_an_acknowledgement_for_bytes_a_lane_was_not_sent_fails_the_write(tmp_path: object) -> None:
+    # A process on the host (same user) could write into a lane's output: each acknowledgement
+    # must be for the next frame that lane was sent, or the host could claim bytes it never got
+    # (and make the client remember every claim).
+    async with LocalHost(os.path.join(str(tmp_path), "task")) as host:
+        await host.setup_workdir()
+
+        def launch(spare: bool) -> Awaitable[ProcessHandle]:
+            return host.launch_subprocess('echo "ok 999999 1"; cat >/dev/null', stdin=True)
+
+        async def write_one_byte() -> None:
+            async with StripedWriter(launch, lanes=2) as writer:
+                await writer.send(0, [b"x"])
+                await writer.finish()
+
+        with pytest.raises(OSError, match=r"lane acknowledged b'ok 999999 1', expecting"):
+            await write_one_byte()

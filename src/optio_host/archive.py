@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 import subprocess
@@ -34,6 +35,7 @@ from optio_host.worker import path_inside
 
 __all__ = [
     "DEFAULT_WORKDIR_EXCLUDES",
+    "unpack_failure",
     "consume_workdir_archive",
     "find_prune_expression",
     "is_excluded",
@@ -212,6 +214,18 @@ def _pass_checked(
     checker.finish()
 
 
+#: What tar says when the destination, not the archive, is at fault.
+_WRITE_FAILURES = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Wrote only")
+
+
+def unpack_failure(text: str, where: str) -> Exception:
+    """The error for a failed unpack: ``OSError`` when tar could not write (a full disk, a quota:
+    the archive is not to blame), else ``ValueError`` (the archive is refused)."""
+    if any(marker in text for marker in _WRITE_FAILURES):
+        return OSError(errno.ENOSPC, f"could not unpack into {where}: the disk is full or read-only ({text})")
+    return ValueError(text)
+
+
 def _extract(reader: BlockingReader, checker: TarChecker, staging: str, stop: threading.Event) -> None:
     """Unpack the checked stream into ``staging`` with this machine's ``tar``."""
     argv = ["tar", "-x", "-f", "-", "-C", staging, *TAR_EXTRACT_OPTIONS]
@@ -237,7 +251,7 @@ def _extract(reader: BlockingReader, checker: TarChecker, staging: str, stop: th
         if code != 0:
             errors.seek(0)
             message = errors.read(4096).decode(errors="replace").strip()
-            raise ValueError(f"tar refused the archive (exit {code}): {message}")
+            raise unpack_failure(f"tar refused the archive (exit {code}): {message}", staging)
         checker.finish()
     if checker.needs_mode_fix:
         subprocess.run(FIX_MODES, cwd=staging, check=True, stdin=subprocess.DEVNULL)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import posixpath
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from optio_host.archive import (
@@ -22,8 +22,10 @@ from optio_host.archive import (
     archive_status,
     find_prune_expression,
     resolve_excludes,
+    unpack_failure,
 )
 from optio_host.host import _scripts as scripts
+from optio_host.host._ssh import describe
 from optio_host.host._striped import SEGMENT, SLOW_LAUNCH, chain_head, take_head
 from optio_host.paths import temp_name_for
 from optio_host.process import ProcessHandle
@@ -99,8 +101,12 @@ async def restore_workdir(
             if commit.done() and not commit.cancelled() and commit.exception() is None:
                 leftovers.append(aside)
     finally:
+        # Removed now, or (the connection is gone) once it is back, like an upload's temp file.
+        host._orphans.update(leftovers)
         if host._is_open():
-            await _uncancellable(host._sh(scripts.REMOVE_FORCIBLY, *leftovers, check=False))
+            await _uncancellable(host._remove_orphans())
+        else:
+            host._schedule_cleanup()
 
 
 async def _unpack(host: RemoteHost, archive: CheckedArchive, staging: str, staged: str | None) -> None:
@@ -108,51 +114,97 @@ async def _unpack(host: RemoteHost, archive: CheckedArchive, staging: str, stage
     lanes fill ``staged`` and the host's tar follows it."""
     head, more = await take_head(aiter(archive), SEGMENT + 1)
     chunks = chain_head(head, more)
-    follow = staged if more is not None else None
-    handle = await host.launch_subprocess(
-        script_argv(scripts.RESTORE, staging, follow or "", *TAR_EXTRACT_OPTIONS),
-        cwd="/",
-        merge_stderr=True,
-        stdin=True,
-    )
-    try:
-        if follow is None:
+    if staged is not None and more is not None:
+        code, output = await _unpack_striped(host, chunks, staging, staged)
+    else:
+        handle = await _launch_restore(host, staging, "")
+        try:
             output = await _feed(handle, chunks)
-        else:
-            output = await _collecting(handle, _feed_striped(host, handle, chunks, follow))
-        code = await handle.wait()
-    except BaseException:
-        await handle.kill()
-        raise
+            code = await handle.wait()
+        except BaseException:
+            await handle.kill()
+            raise
     status = output.rsplit("optio-restore:", 1)[-1].split()
     if code != 0 or sorted(status) != ["t0", "z0"] or not archive.verified:
         detail = output.replace("\n", " ").strip()
-        raise ValueError(f"the host's tar or gzip refused the archive (exit {code}): {detail}")
+        text = f"the host's tar or gzip refused the archive (exit {code}): {detail}"
+        raise unpack_failure(text, f"{staging} on {describe(host.ssh_config)}")
 
 
-async def _feed_striped(
-    host: RemoteHost, handle: ProcessHandle, archive: AsyncIterator[bytes], staged: str
-) -> None:
-    """Send the archive over striped lanes into ``staged``; tell RESTORE how far it is written."""
-    stdin = handle.stdin
-    assert stdin is not None
-    done: dict[int, int] = {}
-    ready = 0
+def _launch_restore(host: RemoteHost, staging: str, follow: str) -> Awaitable[ProcessHandle]:
+    argv = script_argv(scripts.RESTORE, staging, follow, *TAR_EXTRACT_OPTIONS)
+    return host.launch_subprocess(argv, cwd="/", merge_stderr=True, stdin=True)
 
-    def written(offset: int, length: int) -> None:
-        nonlocal ready
-        done[offset] = length
-        if ready not in done:
-            return
-        while ready in done:
-            ready += done.pop(ready)
-        with contextlib.suppress(BrokenPipeError, OSError):  # it stopped reading: its output says why
-            stdin.write(f"{ready}\n".encode())
 
+async def _unpack_striped(
+    host: RemoteHost, chunks: AsyncIterator[bytes], staging: str, staged: str
+) -> tuple[int, str]:
+    """Lanes write the archive into ``staged``; RESTORE, started beside them, is told how far it
+    is written (in order) and unpacks that far. The lanes never wait for RESTORE: if it has to
+    wait for a slot they hold, it starts once they are done and unpacks the whole file then."""
+    follower = _Follower()
+    writing = asyncio.ensure_future(
+        host._write_striped(staged, "the workdir archive", chunks, on_written=follower.written)
+    )
+    following = asyncio.ensure_future(
+        follower.follow(lambda: _launch_restore(host, staging, staged), writing)
+    )
     try:
-        await host._write_striped(staged, "the workdir archive", archive, on_written=written)
+        await asyncio.wait({writing, following}, return_when=asyncio.FIRST_EXCEPTION)
+        if writing.done():
+            writing.result()  # the lanes' error first: RESTORE's only follows from it
+        output = await following
+        assert follower.handle is not None
+        return await follower.handle.wait(), output
     finally:
-        stdin.close()
+        for task in (writing, following):
+            task.cancel()
+        for task in (writing, following):
+            with contextlib.suppress(BaseException):
+                await task
+        if follower.handle is not None and follower.handle.returncode is None:
+            await follower.handle.kill()
+
+
+class _Follower:
+    """RESTORE's side of a striped restore: how far the staged archive is written, in order."""
+
+    def __init__(self) -> None:
+        self.handle: ProcessHandle | None = None
+        self._done: dict[int, int] = {}
+        self._ready = 0
+        self._first = asyncio.Event()
+
+    def written(self, offset: int, length: int) -> None:
+        self._first.set()
+        self._done[offset] = length
+        if self._ready not in self._done:
+            return
+        while self._ready in self._done:
+            self._ready += self._done.pop(self._ready)
+        self._tell()
+
+    def _tell(self) -> None:
+        if self.handle is not None and self.handle.stdin is not None and self._ready:
+            with contextlib.suppress(BrokenPipeError, OSError):  # it stopped reading: its output says why
+                self.handle.stdin.write(f"{self._ready}\n".encode())
+
+    async def follow(self, launch: Callable[[], Awaitable[ProcessHandle]], writing: Awaitable[None]) -> str:
+        """Start RESTORE once the lanes have written a segment (so they hold their slots first:
+        RESTORE may wait for one, the lanes never wait for RESTORE), tell it what is written so
+        far, collect its output, and send EOF once the lanes are done (its output's start and end)."""
+        await self._first.wait()
+        handle = self.handle = await launch()
+        self._tell()
+
+        async def until_written() -> None:
+            try:
+                await writing
+            finally:
+                if handle.stdin is not None:
+                    handle.stdin.close()
+
+        return await _collecting(handle, until_written())
 
 
 async def _feed(handle: ProcessHandle, archive: AsyncIterator[bytes]) -> str:

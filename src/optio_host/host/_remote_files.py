@@ -48,20 +48,14 @@ class RemoteFiles(RemoteProcesses):
         return result
 
     async def _remove_orphans(self) -> None:
-        """Remove temporary files a lost connection kept us from removing (best effort)."""
-        for path in list(self._orphans):
-            self._orphans.discard(path)
-
-            async def remove(sftp: asyncssh.SFTPClient, path: str = path) -> None:
-                await sftp.remove(path)
-
-            try:
-                await self._connected_pool.sftp_call(path, remove)
-            except FileNotFoundError:
-                pass
-            except OSError:
-                self._orphans.add(path)
-                return
+        """Remove temporary files and folders a lost connection kept us from removing (best
+        effort: what cannot be removed now stays listed for the next try)."""
+        paths = sorted(self._orphans)
+        self._orphans.difference_update(paths)
+        try:
+            await self._sh(scripts.REMOVE_FORCIBLY, *paths)
+        except Exception:
+            self._orphans.update(paths)  # never the caller's error: it has its own to report
 
     async def remove_file(self, path: str) -> None:
         target = self._resolve(path)
@@ -127,9 +121,10 @@ class RemoteFiles(RemoteProcesses):
         """Write ``chunks`` into the existing ``temp`` over several channels (see ``_striped``);
         ``on_written(offset, length)`` as each segment reaches the file (in any order)."""
 
-        def lane() -> Awaitable[ProcessHandle]:
-            return self.launch_subprocess(
-                script_argv(scripts.PUT_LANE, temp), cwd="/", merge_stderr=True, stdin=True
+        def lane(spare: bool) -> Awaitable[ProcessHandle]:
+            argv = script_argv(scripts.PUT_LANE, temp)
+            return self._launch(
+                argv, env=None, cwd="/", merge_stderr=True, stdin=True, control=False, spare=spare
             )
 
         written = 0

@@ -156,6 +156,7 @@ class RemoteProcesses(RemoteCore):
         stdin: bool,
         control: bool,
         env_remove: Sequence[str] | None = None,
+        spare: bool = False,
     ) -> ProcessHandle:
         extra_env = validate_env(env)
         removed = validate_env_remove(env_remove)
@@ -182,6 +183,7 @@ class RemoteProcesses(RemoteCore):
                 merge_stderr=merge_stderr,
                 stdin=stdin,
                 control=control,
+                spare=spare,
             )
         )
         try:
@@ -203,9 +205,12 @@ class RemoteProcesses(RemoteCore):
         merge_stderr: bool,
         stdin: bool,
         control: bool,
+        spare: bool,
     ) -> ProcessHandle:
         pool = self._connected_pool
-        link, process = await pool.start_process(command_for, "starting a command", control=control)
+        link, process = await pool.start_process(
+            command_for, "starting a command", control=control, spare=spare
+        )
         self._watch_until_closed(process, pool, link, " ".join(words)[:200])
         try:
             if env_line is not None:

@@ -139,9 +139,11 @@ exec cat >> "$temp"
 # One lane of a striped upload (``_striped``) into the file $1, which PUT created: frames on
 # stdin, each a line "<offset> <length>" and then that many bytes, written at that offset (offsets
 # are multiples of 64 KiB), then acknowledged with "ok <offset> <length>" once on the file. `head
-# -c` reads exactly the frame's bytes, never the next header; dd's own report is kept only to
+# -c` reads exactly the frame's bytes, never the next header (a header that is not two numbers,
+# the length above 0, means the lane is out of step: it stops); dd's own report is kept only to
 # explain a failure (a full disk, say).
 PUT_LANE = r"""while read -r off len; do
+  case $off:$len in *[!0-9:]* | :* | *: | *:0) echo "bad frame header"; exit 1 ;; esac
   out=$(head -c "$len" | dd of="$1" bs=65536 seek=$((off / 65536)) conv=notrunc 2>&1) || {
     printf '%s\n' "$out"; exit 1; }
   echo "ok $off $len"

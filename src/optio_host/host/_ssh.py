@@ -196,6 +196,10 @@ async def _open_connection(config: SSHConfig, on_lost: Any) -> asyncssh.SSHClien
     return conn
 
 
+class NoSpareSlot(Exception):
+    """No session slot is free right now (for work that is only worth doing without waiting)."""
+
+
 @dataclass(eq=False)
 class Link:
     """One SSH connection of the pool and the session slots in use on it."""
@@ -288,8 +292,9 @@ class SessionPool:
             f"({len(_RECONNECT_DELAYS)} attempts over {sum(_RECONNECT_DELAYS):g}s): {last}"
         ) from last
 
-    async def acquire(self, *, control: bool = False) -> Link:
-        """A connection with a free session slot (``control``: may use the reserved one)."""
+    async def acquire(self, *, control: bool = False, spare: bool = False) -> Link:
+        """A connection with a free session slot (``control``: may use the reserved one;
+        ``spare``: one free now on a live connection, else ``NoSpareSlot`` at once)."""
         cap = self._cap + 1 if control else self._cap
         started = time.monotonic()
         while True:
@@ -301,6 +306,8 @@ class SessionPool:
                 link = min(free, key=lambda candidate: candidate.busy)
                 link.busy += 1
                 return link
+            if spare:
+                raise NoSpareSlot(f"no session slot free on {describe(self._config)} now")
             live = sum(1 for link in self._links if link.alive)
             if live == 0 and self._failure is not None and self._failure[1] >= started:
                 raise self._failure[0]  # the reconnect we were waiting for failed
@@ -353,7 +360,7 @@ class SessionPool:
         self._changed.set()
 
     async def start_process(
-        self, command_for: Callable[[Link], str], what: str, *, control: bool = False
+        self, command_for: Callable[[Link], str], what: str, *, control: bool = False, spare: bool = False
     ) -> tuple[Link, asyncssh.SSHClientProcess[bytes]]:
         """Take a slot and start a command in it; the caller releases the slot when it ends.
 
@@ -362,9 +369,9 @@ class SessionPool:
         goes unnoticed.
         """
         for attempt in range(_DEAD_LINK_RETRIES + 1):
-            link = await self.acquire(control=control)
+            link = await self.acquire(control=control, spare=spare)
             try:
-                return link, await self._open_session(link, command_for(link), what)
+                return link, await self._open_session(link, command_for(link), what, retry=not spare)
             except HostConnectionError:
                 self.release(link)
                 if not self._is_dead(link) or attempt == _DEAD_LINK_RETRIES:
@@ -380,8 +387,11 @@ class SessionPool:
             self._changed.set()
         return not link.alive
 
-    async def _open_session(self, link: Link, command: str, what: str) -> asyncssh.SSHClientProcess[bytes]:
-        """Start ``command`` on ``link``, retrying while the server refuses for lack of slots."""
+    async def _open_session(
+        self, link: Link, command: str, what: str, *, retry: bool = True
+    ) -> asyncssh.SSHClientProcess[bytes]:
+        """Start ``command`` on ``link``, retrying while the server refuses for lack of slots
+        (without ``retry``: ``NoSpareSlot`` at the first refusal)."""
         delay = 0.005
         deadline = time.monotonic() + _OPEN_RETRY_BUDGET
         while True:
@@ -391,6 +401,8 @@ class SessionPool:
             except ChannelRefused as exc:
                 if not exc.retryable or self._is_dead(link):
                     raise
+                if not retry:
+                    raise NoSpareSlot(f"{describe(self._config)} refused one more session ({exc})") from exc
                 if time.monotonic() + delay > deadline:
                     raise HostConnectionError(
                         f"{describe(self._config)} kept refusing new sessions for "

@@ -1,19 +1,21 @@
-"""Striping: one ordered byte stream (an upload, a restore's archive) written to a file on a host
-over several SSH channels at once.
+"""Striping: one ordered byte stream (an upload, a restore's archive) written to a file on a host over
+several SSH channels at once.
 
 One channel carries at most a window per round trip, and for data we send the window is sshd's
 (OpenSSH: 2 MiB, so about 40 MiB/s at 50 ms). The stream is cut into segments in order; each goes
 to the next lane (a channel running ``PUT_LANE``, which writes it at its offset), and the writer
 moves on without waiting for it to be sent, so several windows are in flight. Only the first lane
-is waited for: the others join as their channels open, so an upload never waits for a slot that
-other commands hold. Unsent data is at most one segment per lane. Striping pays only on a long
-link (``SLOW_LAUNCH``).
+waits for a session slot: the others take slots free at the time or none, and join as their
+channels open, so striping never waits for a slot that other commands hold. Each lane acknowledges
+its frames in order, and an acknowledgement for anything else fails the write. Unsent data is at
+most one segment per lane. Striping pays only on a long link (``SLOW_LAUNCH``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 
@@ -81,23 +83,33 @@ class _Lane:
         self.handle = handle
         self.stdin = handle.stdin
         self.output = bytearray()
+        #: Frames sent and not acknowledged yet, in order (a lane writes them in order).
+        self.unacknowledged: deque[tuple[int, int]] = deque()
         self._on_written = on_written
         self.reader = asyncio.ensure_future(self._collect())
 
     async def _collect(self) -> None:
-        """Acknowledgements ("ok <offset> <length>", one per frame written) go to ``on_written``;
-        anything else is kept (the start of it) to explain a failure."""
+        """Acknowledgements ("ok <offset> <length>", one per frame written, in order) go to
+        ``on_written``; anything else is kept (the start of it) to explain a failure."""
         partial = b""
         async for piece in self.handle.stdout:
             *lines, partial = (partial + piece).split(b"\n")
             for line in lines:
-                fields = line.split()
-                if len(fields) == 3 and fields[0] == b"ok" and fields[1].isdigit() and fields[2].isdigit():
-                    if self._on_written is not None:
-                        self._on_written(int(fields[1]), int(fields[2]))
+                if line.startswith(b"ok "):
+                    self._acknowledged(line)
                 else:
                     self.output.extend((line + b"\n")[: 4096 - len(self.output)])
         self.output.extend(partial[: 4096 - len(self.output)])
+
+    def _acknowledged(self, line: bytes) -> None:
+        # Only the next frame this lane was sent may be acknowledged: anything else (a lane out
+        # of step, or output from elsewhere) would let the host claim bytes it never received.
+        expected = self.unacknowledged[0] if self.unacknowledged else None
+        if expected is None or line != b"ok %d %d" % expected:
+            raise OSError(f"a striped write's lane acknowledged {line[:80]!r}, expecting {expected}")
+        self.unacknowledged.popleft()
+        if self._on_written is not None:
+            self._on_written(*expected)
 
 
 class StripedWriter:
@@ -105,7 +117,7 @@ class StripedWriter:
 
     def __init__(
         self,
-        launch: Callable[[], Awaitable[ProcessHandle]],
+        launch: Callable[[bool], Awaitable[ProcessHandle]],
         *,
         lanes: int = LANES,
         on_written: Callable[[int, int], None] | None = None,
@@ -119,8 +131,9 @@ class StripedWriter:
         self._finished = False
 
     async def __aenter__(self) -> StripedWriter:
-        self._lanes.append(_Lane(await self._launch(), self._on_written))
-        self._pending = [asyncio.ensure_future(self._launch()) for _ in range(self._wanted - 1)]
+        # The first lane waits for a slot like any command; the others take only spare ones.
+        self._lanes.append(_Lane(await self._launch(False), self._on_written))
+        self._pending = [asyncio.ensure_future(self._launch(True)) for _ in range(self._wanted - 1)]
         return self
 
     async def __aexit__(
@@ -134,7 +147,9 @@ class StripedWriter:
         lane = self._lanes[self._turn % len(self._lanes)]
         self._turn += 1
         await lane.stdin.drain()
-        lane.stdin.write(f"{offset} {sum(map(len, segment))}\n".encode())
+        length = sum(map(len, segment))
+        lane.unacknowledged.append((offset, length))
+        lane.stdin.write(f"{offset} {length}\n".encode())
         for piece in segment:
             lane.stdin.write(piece)
 
