@@ -4,7 +4,9 @@ Archiving streams the ARCHIVE script's output. Restoring sends the archive's
 own (compressed) bytes, each chunk only once the headers in it have been
 checked here (``optio_host.archive.CheckedArchive``), to ``gzip -dc | tar -x``
 in a fresh staging folder beside the workdir; then, once the gzip CRC, the
-tar end marker and both exit statuses are good, one swap of whole folders.
+tar end marker and both exit statuses are good, one swap of whole folders. On a
+long link those bytes go over striped lanes (``_striped``) into a staged copy
+beside the workdir, which ``tar`` follows as segments are acknowledged.
 """
 
 from __future__ import annotations
