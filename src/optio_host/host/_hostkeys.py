@@ -42,6 +42,10 @@ def host_pattern(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
 
+def _unrevoked(keys: list[asyncssh.SSHKey], revoked: list[asyncssh.SSHKey]) -> list[asyncssh.SSHKey]:
+    return [key for key in keys if key not in revoked]
+
+
 class HostKeyCheck:
     """One connection attempt's view of known_hosts, and what it saw of the server's key."""
 
@@ -85,7 +89,7 @@ class HostKeyCheck:
         trusted, cas, revoked = self._lookup(host, addr, port)
         self._revoked = revoked
         self._recorded = trusted + cas
-        return [key for key in trusted if key not in revoked], [key for key in cas if key not in revoked], []
+        return _unrevoked(trusted, revoked), _unrevoked(cas, revoked), []
 
     def preferred_algorithms(self, addresses: Sequence[str]) -> list[str] | None:
         """Host-key algorithms in OpenSSH's order: those of the keys known_hosts trusts for this
@@ -97,8 +101,8 @@ class HostKeyCheck:
         cas: list[asyncssh.SSHKey] = []
         for address in ["", *addresses]:
             keys, authorities, revoked = self._lookup(self.endpoint.host, address, port)
-            trusted += [key for key in keys if key not in revoked]
-            cas += [key for key in authorities if key not in revoked]
+            trusted += _unrevoked(keys, revoked)
+            cas += _unrevoked(authorities, revoked)
         if not trusted and not cas:
             return None
         first = [alg for key in trusted for alg in key.sig_algorithms]

@@ -96,16 +96,18 @@ class _Client(asyncssh.SSHClient):
         self._on_lost()
 
 
-def _user_config_sets(keyword: str) -> bool:
+def _user_config_lines() -> list[str]:
+    """The lines of ``~/.ssh/config``, stripped and in lower case (none if it cannot be read),
+    to tell which settings the user chose there."""
     path = os.path.expanduser("~/.ssh/config")
     try:
         with open(path) as handle:
-            return any(line.strip().lower().startswith(keyword) for line in handle)
+            return [line.strip().lower() for line in handle]
     except OSError:
-        return False
+        return []
 
 
-def _connect_options(config: SSHConfig, check: HostKeyCheck) -> dict[str, Any]:
+def _connect_options(config: SSHConfig, check: HostKeyCheck, user_config: list[str]) -> dict[str, Any]:
     options: dict[str, Any] = {
         "connect_timeout": config.connect_timeout,
         "keepalive_interval": config.keepalive_interval or None,
@@ -120,7 +122,7 @@ def _connect_options(config: SSHConfig, check: HostKeyCheck) -> dict[str, Any]:
         options["client_keys"] = load_client_keys(os.path.expanduser(config.key_path))
     if config.proxy_jump:
         options["tunnel"] = config.proxy_jump
-    if not _user_config_sets("ciphers"):
+    if not any(line.startswith("ciphers") for line in user_config):
         options["encryption_algs"] = [
             alg for alg in _PREFERRED_CIPHERS if alg.encode() in asyncssh.encryption.get_encryption_algs()
         ]
@@ -173,8 +175,9 @@ async def _addresses(host: str, port: int, config: SSHConfig) -> list[str]:
 async def _open_connection(config: SSHConfig, on_lost: Any) -> asyncssh.SSHClientConnection:
     endpoint = resolve(config)
     check = HostKeyCheck(config, endpoint)
-    options = _connect_options(config, check)  # a bad key file fails here, before any dialling
-    if not _user_config_sets("hostkeyalgorithms"):
+    user_config = _user_config_lines()
+    options = _connect_options(config, check, user_config)  # a bad key file fails here, before dialling
+    if not any(line.startswith("hostkeyalgorithms") for line in user_config):
         algorithms = check.preferred_algorithms(await _addresses(endpoint.host, endpoint.port, config))
         if algorithms is not None:
             options["server_host_key_algs"] = algorithms
