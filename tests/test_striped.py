@@ -303,7 +303,7 @@ async def test_an_acknowledgement_for_bytes_a_lane_was_not_sent_fails_the_write(
 
         async def write_one_byte() -> None:
             async with StripedWriter(launch, lanes=2) as writer:
-                await writer.send(0, [b"x"])
+                await writer.send([b"x"])
                 await writer.finish()
 
         with pytest.raises(OSError, match=r"lane acknowledged b'ok 999999 1', expecting"):

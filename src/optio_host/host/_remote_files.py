@@ -127,16 +127,15 @@ class RemoteFiles(RemoteProcesses):
                 argv, env=None, cwd="/", merge_stderr=True, stdin=True, control=False, spare=spare
             )
 
-        written = 0
         async with StripedWriter(lane, on_written=on_written) as writer:
             try:
                 with translate_errors(self.ssh_config, "sending data", keep=(BrokenPipeError,)):
                     async for segment in segments(chunks):
-                        await writer.send(written, segment)
-                        written += sum(map(len, segment))
+                        await writer.send(segment)
             except BrokenPipeError:
                 pass  # a lane ended early: its exit code and output below say why
             results = await writer.finish()
+        written = writer.written
         for code, output in results:
             if code != 0:
                 raise self._write_failed(target, code, output)

@@ -129,6 +129,8 @@ class StripedWriter:
         self._pending: list[asyncio.Future[ProcessHandle]] = []
         self._turn = 0
         self._finished = False
+        #: Bytes handed to the lanes so far (the offset of the next segment).
+        self.written = 0
 
     async def __aenter__(self) -> StripedWriter:
         # The first lane waits for a slot like any command; the others take only spare ones.
@@ -141,17 +143,19 @@ class StripedWriter:
     ) -> None:
         await asyncio.shield(self._close())
 
-    async def send(self, offset: int, segment: list[bytes]) -> None:
-        """Queue ``segment`` for writing at ``offset``; waits only for the chosen lane's backlog."""
+    async def send(self, segment: list[bytes]) -> None:
+        """Queue ``segment`` for writing after the ones before it (at offset ``written``); waits
+        only for the chosen lane's backlog."""
         self._adopt()
         lane = self._lanes[self._turn % len(self._lanes)]
         self._turn += 1
         await lane.stdin.drain()
-        length = sum(map(len, segment))
+        offset, length = self.written, sum(map(len, segment))
         lane.unacknowledged.append((offset, length))
         lane.stdin.write(f"{offset} {length}\n".encode())
         for piece in segment:
             lane.stdin.write(piece)
+        self.written += length
 
     async def finish(self) -> list[tuple[int, str]]:
         """Send EOF on every lane and wait for each; its exit code and the start of its output."""
